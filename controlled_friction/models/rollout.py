@@ -1,0 +1,360 @@
+"""The Rollout CRD: a pod template plus a canary plan, and the status the operator keeps."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from controlled_friction.durations import Duration
+from controlled_friction.models.base import LabelSelector, SpecModel, StatusModel
+
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+MetricKind = Literal["errorRatio", "orderRateDrop", "query"]
+QUERY_VARIABLES = ("namespace", "service", "rollout", "track", "revision", "interval", "window")
+
+
+class PauseStep(SpecModel):
+    duration: Duration | None = Field(
+        default=None,
+        description="How long to bake at the current weight. Omit to wait for a `promote` action.",
+    )
+
+
+class ApprovalStep(SpecModel):
+    count: int = Field(
+        default=0,
+        ge=0,
+        le=10,
+        description="Approvals this rollout itself asks for at this gate. Policies may require more "
+        "(the stricter count wins); 0 means the gate only exists if a policy requires approvals.",
+    )
+    approver_groups: list[str] = Field(
+        default_factory=list,
+        description="Groups whose members may approve. Empty: the policy's groups (or any group).",
+    )
+
+
+class StepAnalysis(SpecModel):
+    metrics: list[str] = Field(
+        default_factory=list,
+        description="Names of metrics from spec.analysis.metrics to run in this step; empty means all.",
+    )
+    duration: Duration = Field(
+        default=60.0, description="How long the step measures; every measurement must pass."
+    )
+
+
+class Step(SpecModel):
+    """Exactly one of setWeight, pause, approval or analysis."""
+
+    set_weight: int | None = Field(
+        default=None, ge=0, le=100, description="Percent of traffic to send to the canary."
+    )
+    pause: PauseStep | None = Field(default=None, description="Bake at the current weight.")
+    approval: ApprovalStep | None = Field(default=None, description="Two-person approval gate.")
+    analysis: StepAnalysis | None = Field(default=None, description="Run metrics for a while; must pass.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Step:
+        given = [k for k in ("set_weight", "pause", "approval", "analysis") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "each step must have exactly one of setWeight, pause, approval, analysis"
+                + (f" (got {', '.join(given)})" if given else " (got none)")
+            )
+        return self
+
+    @property
+    def kind(self) -> str:
+        if self.set_weight is not None:
+            return "setWeight"
+        if self.pause is not None:
+            return "pause"
+        if self.approval is not None:
+            return "approval"
+        return "analysis"
+
+
+class CanaryStrategy(SpecModel):
+    steps: list[Step] = Field(
+        min_length=1, max_length=100, description="Ordered steps; promotion follows the last step."
+    )
+
+    @model_validator(mode="after")
+    def _weights_increase(self) -> CanaryStrategy:
+        last = 0
+        for i, step in enumerate(self.steps):
+            if step.set_weight is None:
+                continue
+            if step.set_weight < last:
+                raise ValueError(
+                    f"steps[{i}].setWeight {step.set_weight} is lower than an earlier weight {last}; "
+                    "weights must not decrease (use an abort to go back)"
+                )
+            last = step.set_weight
+        return self
+
+
+class Strategy(SpecModel):
+    canary: CanaryStrategy = Field(description="Canary plan.")
+
+
+class MetricSpec(SpecModel):
+    """A health check. Fields used depend on `kind`."""
+
+    name: str = Field(max_length=63, pattern=NAME_PATTERN, description="Unique name of the metric.")
+    kind: MetricKind = Field(
+        description="errorRatio: 5xx share of the canary; orderRateDrop: orders per request of the "
+        "canary vs stable and the service's order rate vs before the rollout; query: custom PromQL."
+    )
+    max_ratio: float | None = Field(
+        default=None, ge=0, le=1, description="errorRatio: fail when the canary's 5xx share exceeds this."
+    )
+    max_increase_over_stable: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="errorRatio: fail when canary 5xx share minus stable's exceeds this.",
+    )
+    max_drop: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="orderRateDrop: fail when the canary's orders per request are lower than "
+        "stable's by more than this fraction (0.2 = 20%).",
+    )
+    max_baseline_drop: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="orderRateDrop: fail when the service's total order rate is lower than in the "
+        "window before the rollout started by more than this fraction.",
+    )
+    query: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="query: PromQL returning one number. Variables: {{namespace}}, {{service}}, "
+        "{{rollout}}, {{track}}, {{revision}}, {{interval}}, {{window}}.",
+    )
+    min: float | None = Field(default=None, description="query: fail when the value is below this.")
+    max: float | None = Field(default=None, description="query: fail when the value is above this.")
+    window: Duration | None = Field(
+        default=None, description="Rate window for this metric (default: spec.analysis.window)."
+    )
+
+    @model_validator(mode="after")
+    def _fields_for_kind(self) -> MetricSpec:
+        if self.kind == "errorRatio" and self.max_ratio is None and self.max_increase_over_stable is None:
+            raise ValueError(f"metric {self.name!r}: errorRatio needs maxRatio or maxIncreaseOverStable")
+        if self.kind == "orderRateDrop" and self.max_drop is None and self.max_baseline_drop is None:
+            raise ValueError(f"metric {self.name!r}: orderRateDrop needs maxDrop or maxBaselineDrop")
+        if self.kind == "query":
+            if not self.query:
+                raise ValueError(f"metric {self.name!r}: kind query needs a `query`")
+            if self.min is None and self.max is None:
+                raise ValueError(f"metric {self.name!r}: kind query needs `min` or `max`")
+            unknown = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", self.query)) - set(QUERY_VARIABLES)
+            if unknown:
+                raise ValueError(
+                    f"metric {self.name!r}: unknown variable(s) {sorted(unknown)} in query; "
+                    f"allowed: {', '.join(QUERY_VARIABLES)}"
+                )
+        return self
+
+
+class PrometheusRef(SpecModel):
+    address: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="Prometheus base URL. Default: the policy's, else env CF_PROMETHEUS_URL.",
+    )
+
+
+class AnalysisSpec(SpecModel):
+    interval: Duration = Field(default=10.0, description="How often metrics are measured.")
+    window: Duration = Field(default=60.0, description="Default rate window of the queries.")
+    service: str | None = Field(
+        default=None,
+        description="Value of the `service` label in the app's metrics (default: the Rollout's name).",
+    )
+    min_requests: int = Field(
+        default=20,
+        ge=0,
+        description="Fewer canary requests than this in the window makes a measurement inconclusive.",
+    )
+    failure_limit: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="Consecutive failing measurements of one metric that trigger a rollback.",
+    )
+    inconclusive_limit: int = Field(
+        default=6,
+        ge=1,
+        le=1000,
+        description="Consecutive inconclusive measurements (no data, too little traffic) that "
+        "trigger a rollback. Inconclusive measurements never let a rollout advance.",
+    )
+    error_limit: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="Consecutive measurements with Prometheus unreachable that trigger a rollback.",
+    )
+    prometheus: PrometheusRef = Field(default_factory=PrometheusRef, description="Where to query.")
+    metrics: list[MetricSpec] = Field(default_factory=list, max_length=20, description="Health checks.")
+
+    @field_validator("metrics")
+    @classmethod
+    def _unique_names(cls, metrics: list[MetricSpec]) -> list[MetricSpec]:
+        names = [m.name for m in metrics]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"metric names must be unique; repeated: {', '.join(dupes)}")
+        return metrics
+
+
+class ServiceSpec(SpecModel):
+    name: str = Field(max_length=63, pattern=NAME_PATTERN, description="Service to create if missing.")
+    port: int = Field(default=80, ge=1, le=65535, description="Service port.")
+    target_port: int = Field(default=8080, ge=1, le=65535, description="Container port.")
+
+
+class RolloutSpec(SpecModel):
+    replicas: int = Field(default=1, ge=0, le=1000, description="Replicas of the stable version.")
+    selector: LabelSelector = Field(description="Selects the app's pods; must match the template labels.")
+    template: dict[str, Any] = Field(
+        description="An ordinary pod template (metadata + spec), as in a Deployment.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True, "type": "object"},
+    )
+    service: ServiceSpec | None = Field(default=None, description="Service fronting both tracks.")
+    strategy: Strategy = Field(description="How a new revision is rolled out.")
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="Metrics that guard the rollout.")
+
+    @model_validator(mode="after")
+    def _template_is_usable(self) -> RolloutSpec:
+        spec = self.template.get("spec")
+        if not isinstance(spec, dict) or not spec.get("containers"):
+            raise ValueError("template.spec.containers must list at least one container")
+        labels = (self.template.get("metadata") or {}).get("labels") or {}
+        if not self.selector.match_labels and not self.selector.match_expressions:
+            raise ValueError("selector must have matchLabels or matchExpressions")
+        if not self.selector.matches(labels):
+            raise ValueError("selector does not match template.metadata.labels; pods would be orphaned")
+        return self
+
+
+# ---------------------------------------------------------------- status
+
+Phase = Literal[
+    "Pending", "Progressing", "Paused", "AwaitingApproval", "Promoting", "Healthy", "RolledBack", "Invalid"
+]
+Verdict = Literal["pass", "fail", "inconclusive", "error"]
+
+
+class AddedBy(StatusModel):
+    policy: str
+    rule: str
+
+
+class PlannedApproval(StatusModel):
+    count: int
+    groups: list[str] = Field(default_factory=list)
+    source: str = Field(default="rollout", description="`rollout` or the policy name.")
+
+
+class PlannedStep(StatusModel):
+    """One step of the effective plan, with who put it there."""
+
+    kind: Literal["setWeight", "pause", "approval", "analysis"]
+    set_weight: int | None = None
+    pause_seconds: float | None = None
+    approvals: list[PlannedApproval] = Field(default_factory=list)
+    metrics: list[str] = Field(default_factory=list)
+    analysis_seconds: float | None = None
+    added_by: list[AddedBy] = Field(default_factory=list)
+
+
+class EffectivePlan(StatusModel):
+    steps: list[PlannedStep] = Field(default_factory=list)
+    policies: list[str] = Field(default_factory=list)
+    metrics: list[MetricSpec] = Field(default_factory=list)
+    approval_expiry_seconds: float | None = None
+    ai_assisted: bool = False
+    frozen_reason: str | None = None
+
+
+class Measurement(StatusModel):
+    metric: str
+    verdict: Verdict
+    value: float | None = None
+    bound: str | None = None
+    message: str = ""
+    time: datetime | None = None
+
+
+class MetricState(StatusModel):
+    metric: str
+    consecutive_failures: int = 0
+    consecutive_inconclusive: int = 0
+    consecutive_errors: int = 0
+    passes_in_step: int = 0
+    last: Measurement | None = None
+
+
+class AnalysisState(StatusModel):
+    last_run_at: datetime | None = None
+    metrics: list[MetricState] = Field(default_factory=list)
+
+
+class CountedApproval(StatusModel):
+    user: str
+    time: datetime
+
+
+class HistoryEntry(StatusModel):
+    revision: str
+    outcome: Literal["Promoted", "RolledBack", "Aborted", "Superseded"]
+    at: datetime
+    reason: str = ""
+    approvers: list[str] = Field(default_factory=list)
+    author: str | None = None
+
+
+class Condition(StatusModel):
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = ""
+    message: str = ""
+    last_transition_time: datetime | None = None
+
+
+class RolloutStatus(StatusModel):
+    phase: Phase = "Pending"
+    message: str = ""
+    observed_generation: int | None = None
+    stable_revision: str | None = None
+    canary_revision: str | None = None
+    canary_weight: int = Field(default=0, description="Weight of the current step, once in force.")
+    effective_weight: float = Field(default=0.0, description="Canary share of ready pods, percent.")
+    current_step_index: int = 0
+    step_started_at: datetime | None = None
+    rollout_started_at: datetime | None = None
+    approvals: list[CountedApproval] = Field(default_factory=list)
+    approvals_summary: str = Field(default="-", description="Counted/required approvals, e.g. 1/2.")
+    aborted_revision: str | None = None
+    effective_plan: EffectivePlan | None = None
+    analysis: AnalysisState = Field(default_factory=AnalysisState)
+    history: list[HistoryEntry] = Field(default_factory=list)
+    conditions: list[Condition] = Field(default_factory=list)
+
+
+class RolloutObject(StatusModel):
+    """A whole Rollout as read from the API (spec validated separately so bad specs surface as Invalid)."""
+
+    metadata: dict[str, Any]
+    spec: dict[str, Any] = Field(default_factory=dict)
+    status: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,41 @@
+"""Names shared with other parts of the system (see shared/design/CONTRACT.md). Keep them stable."""
+
+from __future__ import annotations
+
+GROUP = "controlled-friction.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+ROLLOUT_PLURAL = "rollouts"
+POLICY_PLURAL = "frictionpolicies"
+
+PREFIX = f"{GROUP}/"
+LABEL_ROLLOUT = PREFIX + "rollout"
+LABEL_TRACK = PREFIX + "track"
+LABEL_REVISION = PREFIX + "revision"
+LABEL_TIER = PREFIX + "tier"
+
+ANN_APPROVE = PREFIX + "approve"
+ANN_APPROVALS = PREFIX + "approvals"
+ANN_AUTHOR = PREFIX + "author"
+ANN_CHANGE_AUTHOR = PREFIX + "change-author"
+ANN_AI_ASSISTED = PREFIX + "ai-assisted"
+ANN_ACTION = PREFIX + "action"
+
+SIM_PREFIX = "sim.controlled-friction.io/"
+SIM_ERROR_RATE = SIM_PREFIX + "error-rate"
+SIM_ORDER_DROP = SIM_PREFIX + "order-drop"
+SIM_LATENCY_MS = SIM_PREFIX + "latency-ms"
+
+TRACK_STABLE = "stable"
+TRACK_CANARY = "canary"
+
+OPERATOR_NAMESPACE = "controlled-friction"
+OPERATOR_SERVICE_ACCOUNT = "controlled-friction"
+OPERATOR_USERNAME = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_SERVICE_ACCOUNT}"
+
+SENIOR_GROUP = "senior-engineers"
+ENV_PROMETHEUS_URL = "CF_PROMETHEUS_URL"
+
+
+def deployment_name(rollout: str, track: str) -> str:
+    return f"{rollout}-{track}"
