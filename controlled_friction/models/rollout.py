@@ -282,6 +282,12 @@ class EffectivePlan(StatusModel):
     steps: list[PlannedStep] = Field(default_factory=list)
     policies: list[str] = Field(default_factory=list)
     metrics: list[MetricSpec] = Field(default_factory=list)
+    metric_sources: dict[str, list[str]] = Field(
+        default_factory=dict, description="Metric name -> who asked for it: `rollout` and/or policy names."
+    )
+    analysis_interval_seconds: float | None = Field(
+        default=None, description="min(spec.analysis.interval, every policy's maxAnalysisInterval)."
+    )
     approval_expiry_seconds: float | None = None
     ai_assisted: bool = False
     frozen_reason: str | None = None

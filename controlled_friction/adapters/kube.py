@@ -1,0 +1,253 @@
+"""The only module that talks to the Kubernetes API (official client), for the operator and the CLI.
+
+Transient failures (5xx, connection errors) are retried a few times with tenacity; 409 conflicts are
+never retried here: they surface as `Conflict` so the caller re-reads and re-plans instead of
+re-sending a stale write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import urllib3
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+
+from controlled_friction import names
+
+T = TypeVar("T")
+
+
+class Conflict(Exception):
+    """The object changed since it was read (HTTP 409)."""
+
+
+class NotFound(Exception):
+    pass
+
+
+def _transient(exc: BaseException) -> bool:
+    if isinstance(exc, ApiException):
+        return exc.status in (429, 500, 502, 503, 504) or exc.status == 0
+    return isinstance(exc, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
+
+
+_retry = retry(
+    retry=retry_if_exception(_transient),
+    stop=stop_after_attempt(3),
+    wait=wait_exponential(multiplier=0.2, max=2),
+    reraise=True,
+)
+
+
+def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    try:
+        return _retry(fn)(*args, **kwargs)
+    except ApiException as exc:
+        if exc.status == 409:
+            raise Conflict(str(exc.reason)) from exc
+        if exc.status == 404:
+            raise NotFound(str(exc.reason)) from exc
+        raise
+
+
+def merge_patch_diff(old: Any, new: Any) -> Any:
+    """RFC 7386 merge patch turning `old` into `new` (removed keys become null)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    out: dict[str, Any] = {}
+    for key in old.keys() - new.keys():
+        out[key] = None
+    for key, value in new.items():
+        if key not in old:
+            out[key] = value
+        elif old[key] != value:
+            out[key] = merge_patch_diff(old[key], value)
+    return out
+
+
+def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
+    """In-cluster config when running in a pod, else the kubeconfig (flag, $KUBECONFIG, ~/.kube/config)."""
+    if kubeconfig is None and context is None:
+        try:
+            config.load_incluster_config()
+            return client.ApiClient()
+        except config.ConfigException:
+            pass
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+    return client.ApiClient(cfg)
+
+
+class Kube:
+    """Typed façade over the API calls controlled-friction needs."""
+
+    def __init__(self, api: client.ApiClient | None = None) -> None:
+        self.api = api or load_api_client()
+        self.custom = client.CustomObjectsApi(self.api)
+        self.apps = client.AppsV1Api(self.api)
+        self.core = client.CoreV1Api(self.api)
+
+    def _dict(self, obj: Any) -> dict[str, Any]:
+        return self.api.sanitize_for_serialization(obj)  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------ rollouts
+
+    def get_rollout(self, namespace: str, name: str) -> dict[str, Any]:
+        return _call(
+            self.custom.get_namespaced_custom_object,
+            names.GROUP,
+            names.VERSION,
+            namespace,
+            names.ROLLOUT_PLURAL,
+            name,
+        )
+
+    def list_rollouts(self, namespace: str | None = None) -> list[dict[str, Any]]:
+        if namespace:
+            res = _call(
+                self.custom.list_namespaced_custom_object,
+                names.GROUP,
+                names.VERSION,
+                namespace,
+                names.ROLLOUT_PLURAL,
+            )
+        else:
+            res = _call(
+                self.custom.list_cluster_custom_object, names.GROUP, names.VERSION, names.ROLLOUT_PLURAL
+            )
+        return list(res.get("items", []))
+
+    def patch_rollout_annotations(
+        self, namespace: str, name: str, changes: dict[str, str | None], resource_version: str | None = None
+    ) -> dict[str, Any]:
+        meta: dict[str, Any] = {"annotations": changes}
+        if resource_version:
+            meta["resourceVersion"] = resource_version
+        return _call(
+            self.custom.patch_namespaced_custom_object,
+            names.GROUP,
+            names.VERSION,
+            namespace,
+            names.ROLLOUT_PLURAL,
+            name,
+            {"metadata": meta},
+        )
+
+    def write_rollout_status(
+        self, namespace: str, name: str, old: dict[str, Any], new: dict[str, Any], resource_version: str
+    ) -> dict[str, Any]:
+        """Patch status from `old` to `new`, only if the object is still at `resource_version`."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": merge_patch_diff(old, new)}
+        return _call(
+            self.custom.patch_namespaced_custom_object_status,
+            names.GROUP,
+            names.VERSION,
+            namespace,
+            names.ROLLOUT_PLURAL,
+            name,
+            body,
+        )
+
+    # ------------------------------------------------------------ policies & namespaces
+
+    def list_policies(self) -> list[dict[str, Any]]:
+        res = _call(self.custom.list_cluster_custom_object, names.GROUP, names.VERSION, names.POLICY_PLURAL)
+        return list(res.get("items", []))
+
+    def patch_policy_status(self, name: str, status: dict[str, Any]) -> None:
+        _call(
+            self.custom.patch_cluster_custom_object_status,
+            names.GROUP,
+            names.VERSION,
+            names.POLICY_PLURAL,
+            name,
+            {"status": status},
+        )
+
+    def namespace_labels(self, namespace: str) -> dict[str, str]:
+        ns = _call(self.core.read_namespace, namespace)
+        return dict(ns.metadata.labels or {})
+
+    # ------------------------------------------------------------ deployments & services
+
+    def get_deployment(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return self._dict(_call(self.apps.read_namespaced_deployment, name, namespace))
+        except NotFound:
+            return None
+
+    def create_deployment(self, namespace: str, body: dict[str, Any]) -> None:
+        _call(self.apps.create_namespaced_deployment, namespace, body)
+
+    def replace_deployment_template(
+        self, namespace: str, name: str, template: dict[str, Any], replicas: int
+    ) -> None:
+        # A JSON patch replaces the whole template; a merge patch would keep removed keys alive.
+        ops = [
+            {"op": "replace", "path": "/spec/template", "value": template},
+            {"op": "replace", "path": "/spec/replicas", "value": replicas},
+        ]
+        _call(self.apps.patch_namespaced_deployment, name, namespace, ops)
+
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        _call(self.apps.patch_namespaced_deployment, name, namespace, {"spec": {"replicas": replicas}})
+
+    def service_exists(self, namespace: str, name: str) -> bool:
+        try:
+            _call(self.core.read_namespaced_service, name, namespace)
+            return True
+        except NotFound:
+            return False
+
+    def create_service(self, namespace: str, body: dict[str, Any]) -> None:
+        try:
+            _call(self.core.create_namespaced_service, namespace, body)
+        except Conflict:
+            pass  # created meanwhile: fine
+
+    # ------------------------------------------------------------ events
+
+    def record_event(self, involved: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Create an Event, or bump the count of the identical one (so repeats do not flood)."""
+        meta = involved["metadata"]
+        digest = hashlib.sha1(f"{meta['uid']}/{reason}/{message}".encode()).hexdigest()[:12]
+        name = f"{meta['name']}.{digest}"
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        ns = meta["namespace"]
+        body = {
+            "metadata": {"name": name, "namespace": ns},
+            "involvedObject": {
+                "apiVersion": involved.get("apiVersion", names.API_VERSION),
+                "kind": involved.get("kind", "Rollout"),
+                "name": meta["name"],
+                "namespace": ns,
+                "uid": meta["uid"],
+            },
+            "reason": reason,
+            "message": message[:1024],
+            "type": type_,
+            "source": {"component": "controlled-friction"},
+            "reportingComponent": "controlled-friction",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            _call(self.core.create_namespaced_event, ns, body)
+        except Conflict:
+            old = _call(self.core.read_namespaced_event, name, ns)
+            patch = {"count": (old.count or 1) + 1, "lastTimestamp": now}
+            _call(self.core.patch_namespaced_event, name, ns, patch)
+
+    def list_events(self, namespace: str, name: str) -> list[dict[str, Any]]:
+        res = _call(
+            self.core.list_namespaced_event,
+            namespace,
+            field_selector=f"involvedObject.name={name},involvedObject.kind=Rollout",
+        )
+        return [self._dict(e) for e in res.items]

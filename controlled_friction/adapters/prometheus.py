@@ -1,0 +1,150 @@
+"""The only module that talks to Prometheus: runs the instant queries `analysis` builds.
+
+Every request has a timeout, and only connection errors and timeouts are retried (twice in all, short
+backoff), so a dead Prometheus costs a measurement round well under a second and a hung one at most
+two timeouts. Failures never escape `measure`: they become `error` measurements, which the planner
+counts separately from failures (Prometheus being down is no evidence against the canary).
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import json
+import math
+import os
+import re
+from datetime import datetime
+from typing import Any
+
+import requests
+from prometheus_api_client import PrometheusConnect
+from prometheus_api_client.exceptions import PrometheusApiClientException
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+from urllib3.util.retry import Retry
+
+from controlled_friction.analysis import QueryContext, error_measurement, evaluate, queries_for
+from controlled_friction.models.rollout import Measurement, MetricSpec
+from controlled_friction.names import ENV_PROMETHEUS_URL
+
+_TRANSIENT = (requests.ConnectionError, requests.Timeout)
+_UNAVAILABLE_STATUS = {502, 503, 504}  # 503: Prometheus starting or stopping; 502/504: a proxy in front
+
+
+class PrometheusUnavailable(Exception):
+    """Prometheus could not be reached or is not ready."""
+
+
+class PrometheusQueryError(Exception):
+    """Prometheus answered, but rejected the query or did not return a number."""
+
+
+class PrometheusClient:
+    def __init__(self, url: str, timeout: float = 5.0, attempts: int = 2) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        # urllib3's own retries are off (total=0): tenacity below is the one bounded retry policy.
+        self._conn = PrometheusConnect(url=self.url, retry=Retry(total=0), timeout=timeout)
+        self._query = retry(
+            retry=retry_if_exception_type(_TRANSIENT),
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential(multiplier=0.1, max=0.5),
+            reraise=True,
+        )(self._conn.custom_query)
+
+    def instant(self, query: str) -> float | None:
+        """One number: the sum of the returned series; None when the result is empty or NaN."""
+        try:
+            result = self._query(query)
+        except _TRANSIENT as err:
+            raise PrometheusUnavailable(f"Prometheus at {self.url} is unreachable: {_short(err)}") from err
+        except PrometheusApiClientException as err:
+            status, detail = _http_error(str(err))
+            if status in _UNAVAILABLE_STATUS:
+                raise PrometheusUnavailable(f"Prometheus at {self.url} answered {status}: {detail}") from err
+            raise PrometheusQueryError(f"Prometheus rejected the query ({status}): {detail}") from err
+        except (ValueError, KeyError, TypeError) as err:  # not JSON, or not the Prometheus API's shape
+            raise PrometheusQueryError(f"{self.url} did not answer like a Prometheus API: {err}") from err
+        return _number(result)
+
+
+def _number(result: Any) -> float | None:
+    if not isinstance(result, list):
+        raise PrometheusQueryError(f"unexpected query result: {str(result)[:200]}")
+    if len(result) == 2 and not isinstance(result[0], dict):  # scalar: [time, "value"]
+        values = [_float(result[1])]
+    else:
+        values = []
+        for series in result:
+            if "value" not in series:
+                raise PrometheusQueryError("query returned a range vector; an instant query needs a number")
+            values.append(_float(series["value"][1]))
+    finite = [v for v in values if math.isfinite(v)]
+    return sum(finite) if finite else None
+
+
+def _float(text: Any) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError) as err:
+        raise PrometheusQueryError(f"query returned {text!r}, not a number") from err
+
+
+def _http_error(message: str) -> tuple[int | None, str]:
+    """Status and Prometheus's own error text from prometheus-api-client's exception message,
+    which reads `HTTP Status Code 400 (b'{"status":"error",...,"error":"..."}')`."""
+    status = re.search(r"HTTP Status Code (\d+)", message)
+    text = message
+    body = re.search(r"\((b'.*'|b\".*\")\)\s*$", message, re.DOTALL)
+    if body:
+        with contextlib.suppress(ValueError, SyntaxError, TypeError, KeyError):
+            text = str(json.loads(ast.literal_eval(body.group(1)))["error"])
+    return (int(status.group(1)) if status else None), text[:300]
+
+
+def _short(err: Exception) -> str:
+    # urllib3 nests the root cause deep inside; the innermost reason is what a person needs.
+    text = str(err)
+    reason = re.search(r"(Connection refused|timed out|Name or service not known|Connection reset)", text)
+    return reason.group(1) if reason else text[:200]
+
+
+def measure(
+    client: PrometheusClient, metrics: list[MetricSpec], ctx: QueryContext, now: datetime
+) -> list[Measurement]:
+    """One measurement per metric, in order. Never raises for Prometheus trouble: those are `error`s."""
+    out: list[Measurement] = []
+    unavailable: str | None = None
+    for metric in metrics:
+        if unavailable is not None:  # don't pay the timeout again for every remaining metric
+            out.append(error_measurement(metric, unavailable, now))
+            continue
+        try:
+            queries = queries_for(metric, ctx)
+        except ValueError as err:  # e.g. a template variable the admission check should have refused
+            out.append(error_measurement(metric, f"cannot build query: {err}", now))
+            continue
+        values: dict[str, float | None] = {}
+        try:
+            for name, query in queries.items():
+                try:
+                    values[name] = client.instant(query)
+                except PrometheusQueryError as err:
+                    where = query if metric.kind == "query" else name
+                    raise PrometheusQueryError(f"{err} [query {where}]") from err
+        except PrometheusUnavailable as err:
+            unavailable = str(err)
+            out.append(error_measurement(metric, unavailable, now))
+        except PrometheusQueryError as err:
+            out.append(error_measurement(metric, str(err), now))
+        else:
+            out.append(evaluate(metric, values, ctx, now))
+    return out
+
+
+def resolve_url(rollout_address: str | None, policy_addresses: list[str]) -> str | None:
+    """The Rollout's address, else the first policy's, else env CF_PROMETHEUS_URL, else None."""
+    for candidate in (rollout_address, *policy_addresses, os.environ.get(ENV_PROMETHEUS_URL)):
+        if candidate and candidate.strip():
+            return candidate.strip().rstrip("/")
+    return None

@@ -1,0 +1,1 @@
+"""The `controlled-friction` command line (typer + rich)."""

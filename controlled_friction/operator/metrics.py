@@ -1,0 +1,47 @@
+"""The operator's own /metrics (prometheus-client)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+ROLLOUTS_BY_PHASE = Gauge(
+    "controlled_friction_rollouts", "Rollouts by phase, as last reconciled.", ["namespace", "rollout", "phase"]
+)
+ROLLBACKS = Counter("controlled_friction_rollbacks_total", "Automatic and manual rollbacks.", ["namespace", "reason"])
+VERDICTS = Counter(
+    "controlled_friction_verdicts_total", "Analysis measurements by metric and verdict.", ["metric", "verdict"]
+)
+GATE_WAIT = Histogram(
+    "controlled_friction_gate_wait_seconds",
+    "Time from reaching an approval gate to leaving it (approved, aborted or rolled back).",
+    buckets=(10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
+)
+PROMOTIONS = Counter("controlled_friction_promotions_total", "Revisions promoted to stable.", ["namespace"])
+RECONCILE_SECONDS = Histogram(
+    "controlled_friction_reconcile_duration_seconds",
+    "Time to reconcile one Rollout (observe, analyse, plan, write).",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RECONCILE_ERRORS = Counter(
+    "controlled_friction_reconcile_errors_total", "Reconciles that failed and will be retried.", ["kind"]
+)
+CONFLICTS = Counter("controlled_friction_conflicts_total", "409 conflicts handled by re-reading and re-planning.")
+
+_PHASES = ("Pending", "Progressing", "Paused", "AwaitingApproval", "Promoting", "Healthy", "RolledBack", "Invalid")
+
+
+def set_phase(namespace: str, rollout: str, phase: str) -> None:
+    for p in _PHASES:
+        ROLLOUTS_BY_PHASE.labels(namespace, rollout, p).set(1 if p == phase else 0)
+
+
+def forget(namespace: str, rollout: str) -> None:
+    for p in _PHASES:
+        try:
+            ROLLOUTS_BY_PHASE.remove(namespace, rollout, p)
+        except KeyError:
+            pass
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> None:
+    start_http_server(port, addr=addr)

@@ -1,0 +1,1 @@
+"""Local sandbox: a real Kubernetes control plane, kwok, Prometheus and a traffic simulator."""

@@ -1,0 +1,100 @@
+"""Run the operator as a separate process against the sandbox (for the demo and end-to-end tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from controlled_friction.sandbox import cluster
+
+
+def crd_manifests() -> str:
+    """The CRDs as packaged with the code (generated from the pydantic models)."""
+    pkg = resources.files("controlled_friction") / "crds"
+    return "\n---\n".join(p.read_text() for p in sorted(pkg.iterdir(), key=lambda p: p.name)
+                          if p.name.endswith(".yaml"))
+
+
+def install_crds() -> None:
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crd_manifests())
+    for crd in ("rollouts.controlled-friction.io", "frictionpolicies.controlled-friction.io"):
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+
+
+@dataclass
+class OperatorProcess:
+    """`controlled-friction run` as the operator's ServiceAccount, with the webhook on 127.0.0.1."""
+
+    log_path: Path
+    webhook_port: int
+    metrics_port: int = 0
+    tick_seconds: float = 1.0
+    peering: str | None = None
+    priority: int = 0
+    extra_env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        cmd = [
+            sys.executable, "-m", "controlled_friction.cli.main", "run",
+            "--kubeconfig", str(cluster.kubeconfig_path("operator")),
+            "--webhook-mode", "local", "--webhook-host", "127.0.0.1", "--webhook-port", str(self.webhook_port),
+            "--metrics-port", str(self.metrics_port), "--health-port", "0",
+        ]
+        if self.peering:
+            cmd += ["--peering", self.peering, "--priority", str(self.priority)]
+        return cmd
+
+    def start(self) -> None:
+        info = cluster.info()
+        env = {
+            **os.environ,
+            "CF_PROMETHEUS_URL": info.prometheus_url,
+            "CF_TICK_SECONDS": str(self.tick_seconds),
+            "CF_CERT_DIR": str(info.state_dir / "operator-certs"),
+            **self.extra_env,
+        }
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(self.command(), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def wait_webhook_ready(self, timeout: float = 60) -> None:
+        """Wait until kopf has registered its webhook configurations and serves them."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"operator exited; log:\n{self.tail()}")
+            out = cluster.kubectl("get", "mutatingwebhookconfigurations", "-o", "name", check=False).stdout
+            if "controlled-friction" in out:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"webhook not registered after {timeout}s; log:\n{self.tail()}")
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""

@@ -1,0 +1,51 @@
+"""Fixtures for end-to-end tests: the real sandbox and a throwaway namespace per test.
+
+The session fixture reuses a sandbox that is already running and never tears down one it did not
+start. A sandbox it started itself is brought down at the end, unless CF_SANDBOX_KEEP=1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from kubernetes import client, config
+
+from controlled_friction.sandbox import cluster
+from controlled_friction.sandbox.cluster import SandboxInfo
+
+from .waiting import wait_for
+
+
+@pytest.fixture(scope="session")
+def sandbox() -> Iterator[SandboxInfo]:
+    was_running = any(st["running"] for st in cluster.status().values())
+    info = cluster.up(quiet=False)
+    yield info
+    if not was_running and os.environ.get("CF_SANDBOX_KEEP") != "1":
+        cluster.down(quiet=True)
+
+
+@pytest.fixture(scope="session")
+def kube(sandbox: SandboxInfo) -> client.ApiClient:
+    """A Kubernetes API client acting as the sandbox admin."""
+    return config.new_client_from_config(  # type: ignore[no-untyped-call]
+        config_file=str(sandbox.admin_kubeconfig)
+    )
+
+
+@pytest.fixture
+def namespace(kube: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace named after the test, deleted (without waiting) afterwards."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"e2e-{stem}-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(kube)
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    # Pods are rejected until the namespace's default ServiceAccount exists.
+    wait_for(lambda: core.read_namespaced_service_account("default", name), timeout=30,
+             message=f"ServiceAccount default in {name}")
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
