@@ -251,7 +251,12 @@ def count_approvals(
             continue
         if e.user not in valid or e.time < valid[e.user].time:
             valid[e.user] = e
-    counted = [CountedApproval(user=u, time=e.time) for u, e in sorted(valid.items())]
+    # Counted: approvals that satisfy at least one requirement (all verified ones when none has groups).
+    eligible = {
+        u: e for u, e in valid.items()
+        if not requirements or any(not r.groups or set(r.groups) & set(e.groups) for r in requirements)
+    }
+    counted = [CountedApproval(user=u, time=e.time) for u, e in sorted(eligible.items())]
     missing = []
     for req in requirements:
         ok = [u for u, e in valid.items() if not req.groups or set(req.groups) & set(e.groups)]

@@ -127,7 +127,9 @@ class World:
 
 
 def passing(*metric_names: str, at: datetime = T0) -> tuple[Measurement, ...]:
-    return tuple(Measurement(metric=n, verdict="pass", value=0.0, bound="", message="ok", time=at) for n in metric_names)
+    return tuple(
+        Measurement(metric=n, verdict="pass", value=0.0, bound="", message="ok", time=at) for n in metric_names
+    )
 
 
 def verdicts(verdict: str, *metric_names: str, value: float = 0.5) -> tuple[Measurement, ...]:

@@ -27,6 +27,7 @@ def deployed(steps, metrics=None, **kw) -> World:
     """A world where v1 is stable and v2's template has just been applied."""
     w = World(spec(steps, image="shop/checkout:1", metrics=metrics, **kw))
     w.tick()
+    w.tick()
     assert w.status.phase == "Healthy"
     w.spec = spec(steps, image="shop/checkout:2", metrics=metrics, **kw)
     return w
@@ -194,7 +195,8 @@ def test_promote_action_ends_untimed_pause_only():
 
 def test_invalid_query_marks_invalid_and_touches_nothing():
     bad = {"name": "q", "kind": "query", "query": "sum(rate(x[1m]", "max": 1}
-    w = deployed([{"setWeight": 20}], metrics=[bad])
+    w = deployed([{"setWeight": 20}])
+    w.spec = spec([{"setWeight": 20}], image="shop/checkout:2", metrics=[bad])
     d = w.tick()
     assert d.status.phase == "Invalid"
     assert "q" in d.status.message

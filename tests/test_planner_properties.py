@@ -53,7 +53,7 @@ def policies(draw):
 
 events = st.lists(
     st.one_of(
-        st.tuples(st.just("advance"), st.integers(1, 90)),
+        st.tuples(st.just("advance"), st.one_of(st.integers(1, 6), st.integers(1, 90))),
         st.tuples(st.just("approve"), st.sampled_from(USERS)),
         st.tuples(st.just("measure"), st.sampled_from(["pass", "pass", "pass", "fail", "inconclusive", "error"])),
         st.tuples(st.just("action"), st.sampled_from(["promote", "abort", "retry"])),
@@ -68,6 +68,7 @@ events = st.lists(
 def test_planner_keeps_its_promises(steps, pols, evs, with_metric):
     metrics = [{"name": "errors", "kind": "errorRatio", "maxRatio": 0.02}] if with_metric else []
     w = World(spec(steps, image="app:1", metrics=metrics))
+    w.tick()
     w.tick()
     w.spec = spec(steps, image="app:2", metrics=metrics)
     w.labels = {names.LABEL_TIER: "critical"}

@@ -7,6 +7,7 @@ re-sending a stale write.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -205,10 +206,8 @@ class Kube:
             return False
 
     def create_service(self, namespace: str, body: dict[str, Any]) -> None:
-        try:
+        with contextlib.suppress(Conflict):  # created meanwhile: fine
             _call(self.core.create_namespaced_service, namespace, body)
-        except Conflict:
-            pass  # created meanwhile: fine
 
     # ------------------------------------------------------------ events
 

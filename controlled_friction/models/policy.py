@@ -113,8 +113,8 @@ class FrictionPolicySpec(SpecModel):
 
 
 class FrictionPolicyStatus(StatusModel):
-    valid: bool = True
-    message: str = ""
+    valid: bool = Field(default=True, description="Whether the operator accepts the policy.")
+    message: str = Field(default="", description="Why the policy is invalid, if it is.")
 
 
 class NamedPolicy(SpecModel):

@@ -59,7 +59,8 @@ class Step(SpecModel):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Step:
-        given = [k for k in ("set_weight", "pause", "approval", "analysis") if getattr(self, k) is not None]
+        fields = {"set_weight": "setWeight", "pause": "pause", "approval": "approval", "analysis": "analysis"}
+        given = [wire for k, wire in fields.items() if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(
                 "each step must have exactly one of setWeight, pause, approval, analysis"
@@ -256,106 +257,152 @@ Verdict = Literal["pass", "fail", "inconclusive", "error"]
 
 
 class AddedBy(StatusModel):
-    policy: str
-    rule: str
+    policy: str = Field(description="FrictionPolicy that added or changed the step.")
+    rule: str = Field(description="The policy rule that asked for it, e.g. minBake or aiAssisted.approvals.")
 
 
 class PlannedApproval(StatusModel):
-    count: int
-    groups: list[str] = Field(default_factory=list)
+    count: int = Field(description="Distinct verified approvals this requirement needs.")
+    groups: list[str] = Field(
+        default_factory=list, description="Groups whose members may approve; empty means any group."
+    )
     source: str = Field(default="rollout", description="`rollout` or the policy name.")
 
 
 class PlannedStep(StatusModel):
     """One step of the effective plan, with who put it there."""
 
-    kind: Literal["setWeight", "pause", "approval", "analysis"]
-    set_weight: int | None = None
-    pause_seconds: float | None = None
-    approvals: list[PlannedApproval] = Field(default_factory=list)
-    metrics: list[str] = Field(default_factory=list)
-    analysis_seconds: float | None = None
-    added_by: list[AddedBy] = Field(default_factory=list)
+    kind: Literal["setWeight", "pause", "approval", "analysis"] = Field(description="What the step does.")
+    set_weight: int | None = Field(default=None, description="setWeight: percent of traffic for the canary.")
+    pause_seconds: float | None = Field(
+        default=None, description="pause: seconds to bake; absent means wait for a `promote` action."
+    )
+    approvals: list[PlannedApproval] = Field(
+        default_factory=list, description="approval: requirements that must all hold at this gate."
+    )
+    metrics: list[str] = Field(
+        default_factory=list, description="analysis: metrics measured in this step; empty means all."
+    )
+    analysis_seconds: float | None = Field(default=None, description="analysis: seconds the step measures.")
+    added_by: list[AddedBy] = Field(
+        default_factory=list, description="Policy rules that added or changed this step; empty if the Rollout's own."
+    )
 
 
 class EffectivePlan(StatusModel):
-    steps: list[PlannedStep] = Field(default_factory=list)
-    policies: list[str] = Field(default_factory=list)
-    metrics: list[MetricSpec] = Field(default_factory=list)
+    steps: list[PlannedStep] = Field(
+        default_factory=list,
+        description="The steps the operator follows: the Rollout's own, made stricter by policies.",
+    )
+    policies: list[str] = Field(default_factory=list, description="FrictionPolicies that match this Rollout.")
+    metrics: list[MetricSpec] = Field(
+        default_factory=list, description="Metrics analysed: the Rollout's plus those policies require."
+    )
     metric_sources: dict[str, list[str]] = Field(
         default_factory=dict, description="Metric name -> who asked for it: `rollout` and/or policy names."
     )
     analysis_interval_seconds: float | None = Field(
         default=None, description="min(spec.analysis.interval, every policy's maxAnalysisInterval)."
     )
-    approval_expiry_seconds: float | None = None
-    ai_assisted: bool = False
-    frozen_reason: str | None = None
+    approval_expiry_seconds: float | None = Field(
+        default=None, description="Approvals older than this many seconds no longer count (shortest policy expiry)."
+    )
+    ai_assisted: bool = Field(
+        default=False, description="The change is AI-assisted, so the policies' aiAssisted rules apply."
+    )
+    frozen_reason: str | None = Field(
+        default=None, description="The freeze window holding the rollout, if one is in force."
+    )
 
 
 class Measurement(StatusModel):
-    metric: str
-    verdict: Verdict
-    value: float | None = None
-    bound: str | None = None
-    message: str = ""
-    time: datetime | None = None
+    metric: str = Field(description="Name of the metric measured.")
+    verdict: Verdict = Field(
+        description="pass, fail, inconclusive (no data or too little traffic) or error (Prometheus unreachable)."
+    )
+    value: float | None = Field(default=None, description="The measured value, if any.")
+    bound: str | None = Field(default=None, description="The bound it was checked against, e.g. ≤ 0.05.")
+    message: str = Field(default="", description="Explanation of the verdict.")
+    time: datetime | None = Field(default=None, description="When it was measured.")
 
 
 class MetricState(StatusModel):
-    metric: str
-    consecutive_failures: int = 0
-    consecutive_inconclusive: int = 0
-    consecutive_errors: int = 0
-    passes_in_step: int = 0
-    last: Measurement | None = None
+    metric: str = Field(description="Name of the metric.")
+    consecutive_failures: int = Field(default=0, description="Failing measurements in a row (failureLimit rolls back).")
+    consecutive_inconclusive: int = Field(
+        default=0, description="Inconclusive measurements in a row (inconclusiveLimit rolls back)."
+    )
+    consecutive_errors: int = Field(
+        default=0, description="Measurements in a row with Prometheus unreachable (errorLimit rolls back)."
+    )
+    passes_in_step: int = Field(default=0, description="Passing measurements since the current step began.")
+    last: Measurement | None = Field(default=None, description="The latest measurement.")
 
 
 class AnalysisState(StatusModel):
-    last_run_at: datetime | None = None
-    metrics: list[MetricState] = Field(default_factory=list)
+    last_run_at: datetime | None = Field(default=None, description="When metrics were last measured.")
+    metrics: list[MetricState] = Field(default_factory=list, description="Per-metric counters and last measurement.")
 
 
 class CountedApproval(StatusModel):
-    user: str
-    time: datetime
+    user: str = Field(description="Verified username of the approver.")
+    time: datetime = Field(description="When the approval was given.")
 
 
 class HistoryEntry(StatusModel):
-    revision: str
-    outcome: Literal["Promoted", "RolledBack", "Aborted", "Superseded"]
-    at: datetime
-    reason: str = ""
-    approvers: list[str] = Field(default_factory=list)
-    author: str | None = None
+    revision: str = Field(description="The canary revision this entry is about.")
+    outcome: Literal["Promoted", "RolledBack", "Aborted", "Superseded"] = Field(
+        description="How the revision's rollout ended."
+    )
+    at: datetime = Field(description="When it ended.")
+    reason: str = Field(default="", description="Why, e.g. the failing metric and its value.")
+    approvers: list[str] = Field(default_factory=list, description="Users whose approvals counted.")
+    author: str | None = Field(default=None, description="Who made the template change.")
 
 
 class Condition(StatusModel):
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str = ""
-    message: str = ""
-    last_transition_time: datetime | None = None
+    type: str = Field(description="Healthy, Progressing, RolledBack or Valid.")
+    status: Literal["True", "False", "Unknown"] = Field(description="Whether the condition holds.")
+    reason: str = Field(default="", description="Machine-readable reason (the phase).")
+    message: str = Field(default="", description="Human-readable details.")
+    last_transition_time: datetime | None = Field(default=None, description="When the status last changed.")
 
 
 class RolloutStatus(StatusModel):
-    phase: Phase = "Pending"
-    message: str = ""
-    observed_generation: int | None = None
-    stable_revision: str | None = None
-    canary_revision: str | None = None
+    phase: Phase = Field(
+        default="Pending",
+        description="Pending, Progressing, Paused, AwaitingApproval, Promoting, Healthy, RolledBack or Invalid.",
+    )
+    message: str = Field(default="", description="Why the rollout is where it is, for people.")
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation of the spec this status was computed from."
+    )
+    stable_revision: str | None = Field(
+        default=None, description="Revision (hash of spec.template) run by the stable Deployment."
+    )
+    canary_revision: str | None = Field(
+        default=None, description="Revision run by the canary Deployment while a rollout is under way."
+    )
     canary_weight: int = Field(default=0, description="Weight of the current step, once in force.")
     effective_weight: float = Field(default=0.0, description="Canary share of ready pods, percent.")
-    current_step_index: int = 0
-    step_started_at: datetime | None = None
-    rollout_started_at: datetime | None = None
-    approvals: list[CountedApproval] = Field(default_factory=list)
+    current_step_index: int = Field(default=0, description="Index of the current step in effectivePlan.steps.")
+    step_started_at: datetime | None = Field(default=None, description="When the current step began.")
+    rollout_started_at: datetime | None = Field(
+        default=None, description="When the canary revision started; the end of the pre-rollout baseline window."
+    )
+    approvals: list[CountedApproval] = Field(
+        default_factory=list, description="Verified approvals counted for the canary revision."
+    )
     approvals_summary: str = Field(default="-", description="Counted/required approvals, e.g. 1/2.")
-    aborted_revision: str | None = None
-    effective_plan: EffectivePlan | None = None
-    analysis: AnalysisState = Field(default_factory=AnalysisState)
-    history: list[HistoryEntry] = Field(default_factory=list)
-    conditions: list[Condition] = Field(default_factory=list)
+    aborted_revision: str | None = Field(
+        default=None, description="Revision rolled back or aborted; it stays at weight 0 until a `retry` action."
+    )
+    effective_plan: EffectivePlan | None = Field(
+        default=None, description="The plan in force: spec.strategy made stricter by matching policies."
+    )
+    analysis: AnalysisState = Field(default_factory=AnalysisState, description="State of the metric analysis.")
+    history: list[HistoryEntry] = Field(default_factory=list, description="How earlier revisions ended, oldest first.")
+    conditions: list[Condition] = Field(default_factory=list, description="Standard conditions derived from the phase.")
 
 
 class RolloutObject(StatusModel):

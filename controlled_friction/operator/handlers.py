@@ -37,7 +37,7 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     if RUN.webhook_mode != "none":
         from controlled_friction.operator import webhooks  # registers the admission handlers
 
-        webhooks.configure_admission(settings, **RUN.webhook_options())
+        webhooks.configure_admission(settings, key=memo["ctx"].key, **RUN.webhook_options())
     if RUN.metrics_port:
         metrics.serve(RUN.metrics_port, RUN.metrics_addr)
     log.info("operator started", tick_seconds=TICK_SECONDS, webhooks=RUN.webhook_mode, peering=RUN.peering)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 ROLLOUTS_BY_PHASE = Gauge(
@@ -37,10 +39,8 @@ def set_phase(namespace: str, rollout: str, phase: str) -> None:
 
 def forget(namespace: str, rollout: str) -> None:
     for p in _PHASES:
-        try:
+        with contextlib.suppress(KeyError):
             ROLLOUTS_BY_PHASE.remove(namespace, rollout, p)
-        except KeyError:
-            pass
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -46,12 +47,14 @@ class Context:
     key: bytes
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
     prometheus_timeout: float = float(os.environ.get("CF_PROMETHEUS_TIMEOUT", "5"))
-    _clients: dict[str, PrometheusClient] = field(default_factory=dict)
+    _local: threading.local = field(default_factory=threading.local)
 
     def prometheus(self, url: str) -> PrometheusClient:
-        if url not in self._clients:
-            self._clients[url] = PrometheusClient(url, timeout=self.prometheus_timeout)
-        return self._clients[url]
+        # One client per worker thread: the HTTP session underneath is not thread-safe.
+        clients: dict[str, PrometheusClient] = self._local.__dict__.setdefault("clients", {})
+        if url not in clients:
+            clients[url] = PrometheusClient(url, timeout=self.prometheus_timeout)
+        return clients[url]
 
 
 @dataclass(frozen=True)

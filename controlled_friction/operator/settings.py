@@ -19,7 +19,9 @@ class RunSettings:
     webhook_port: int = 9443
     webhook_service: str = "controlled-friction-webhook"
     webhook_namespace: str = "controlled-friction"
-    cert_dir: Path = field(default_factory=lambda: Path(os.environ.get("CF_CERT_DIR", "/tmp/controlled-friction-certs")))
+    cert_dir: Path = field(
+        default_factory=lambda: Path(os.environ.get("CF_CERT_DIR", "/tmp/controlled-friction-certs"))
+    )
     metrics_port: int | None = 8080
     metrics_addr: str = "0.0.0.0"
     key_file: str | None = os.environ.get("CF_APPROVAL_KEY_FILE")

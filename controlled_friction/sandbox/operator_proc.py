@@ -98,3 +98,12 @@ class OperatorProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def remove_webhook_configurations() -> None:
+    """Drop the webhook configurations kopf registered, so a stopped operator blocks no writes."""
+    for kind in ("mutatingwebhookconfigurations", "validatingwebhookconfigurations"):
+        out = cluster.kubectl("get", kind, "-o", "name", check=False).stdout.split()
+        mine = [n for n in out if "controlled-friction" in n]
+        if mine:
+            cluster.kubectl("delete", *mine, "--ignore-not-found", check=False)

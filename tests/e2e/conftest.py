@@ -12,11 +12,18 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import yaml
 from kubernetes import client, config
 
 from controlled_friction.sandbox import cluster
 from controlled_friction.sandbox.cluster import SandboxInfo
+from controlled_friction.sandbox.operator_proc import (
+    OperatorProcess,
+    install_crds,
+    remove_webhook_configurations,
+)
 
+from . import rollouts
 from .waiting import wait_for
 
 
@@ -49,3 +56,29 @@ def namespace(kube: client.ApiClient, request: pytest.FixtureRequest) -> Iterato
              message=f"ServiceAccount default in {name}")
     yield name
     core.delete_namespace(name, propagation_policy="Background")
+
+
+@pytest.fixture(scope="session")
+def operator(sandbox: SandboxInfo) -> Iterator[OperatorProcess]:
+    """The operator as a separate process (its ServiceAccount identity, webhooks on 127.0.0.1)."""
+    install_crds()
+    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(rollouts.critical_policy()))
+    op = OperatorProcess(
+        log_path=sandbox.state_dir / "logs" / "e2e-operator.log",
+        webhook_port=sandbox.ports["webhook"],
+        metrics_port=sandbox.ports["operator_health"],
+    )
+    op.start()
+    op.wait_webhook_ready()
+    yield op
+    op.stop()
+    remove_webhook_configurations()
+
+
+@pytest.fixture
+def live_operator(operator: OperatorProcess) -> OperatorProcess:
+    """The session operator, restarted first if an earlier test killed it."""
+    if not operator.alive():
+        operator.start()
+        operator.wait_webhook_ready()
+    return operator

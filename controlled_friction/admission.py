@@ -1,0 +1,505 @@
+"""Admission decisions for Rollouts and FrictionPolicies: pure functions, no I/O, no clock.
+
+The two-person rule rests on three facts the webhooks establish for every write to a Rollout:
+
+* `author` always names whoever last changed `spec.template` (the mutating webhook writes it from the
+  API server's userInfo, the validating webhook rejects any other change to it);
+* the `approvals` record only grows by one HMAC-signed entry per request, for the requesting user,
+  the current canary revision and this rollout, written by the mutating webhook;
+* that entry is admitted only if the requester may approve (approver group, not the author, not
+  the CI-claimed change author, not twice, something to approve).
+
+`operator/webhooks.py` adapts kopf's kwargs to `AdmissionInput` and turns `Problem`s into
+`kopf.AdmissionError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from controlled_friction import names
+from controlled_friction.analysis import validate_query
+from controlled_friction.errors import readable_errors
+from controlled_friction.models.approval import ApprovalEntry, dump_record, parse_record, sign, verify
+from controlled_friction.models.policy import FrictionPolicySpec, FrictionRules, NamedPolicy
+from controlled_friction.models.rollout import MetricSpec, RolloutSpec
+from controlled_friction.revision import revision_of
+
+# An appended entry must be dated within this much of "now": the webhook writes it moments before the
+# validating phase, so anything older was copied from elsewhere (or a dry run) and is a replay.
+APPROVAL_MAX_SKEW = timedelta(minutes=5)
+FORBIDDEN = 403
+UNPROCESSABLE = 422
+KOPF_PREFIX = "kopf.zalando.org/"
+WRITE_OPERATIONS = ("CREATE", "UPDATE")
+
+
+@dataclass(frozen=True)
+class AdmissionInput:
+    """What the API server tells a webhook about one request."""
+
+    operation: str
+    user: str
+    groups: tuple[str, ...] = ()
+    old: Mapping[str, Any] | None = None
+    new: Mapping[str, Any] | None = None
+    subresource: str | None = None
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """Annotation changes for the mutating webhook (None deletes), and warnings for the requester."""
+
+    annotations: dict[str, str | None] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a request is denied; `code` is 403 for rule breaches, 422 for invalid content."""
+
+    message: str
+    code: int = FORBIDDEN
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def denial(problems: list[Problem]) -> tuple[str, int] | None:
+    """One message (a line per problem) and one HTTP code for the API server, or None to allow."""
+    if not problems:
+        return None
+    code = FORBIDDEN if any(p.code == FORBIDDEN for p in problems) else UNPROCESSABLE
+    return "\n".join(p.message for p in problems), code
+
+
+# ---------------------------------------------------------------- object helpers
+
+
+def _meta(obj: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    return (obj or {}).get("metadata") or {}
+
+
+def _annotations(obj: Mapping[str, Any] | None) -> Mapping[str, str]:
+    return _meta(obj).get("annotations") or {}
+
+
+def _revision(obj: Mapping[str, Any] | None) -> str | None:
+    template = ((obj or {}).get("spec") or {}).get("template")
+    return revision_of(dict(template)) if isinstance(template, Mapping) else None
+
+
+def rollout_id(obj: Mapping[str, Any] | None) -> str:
+    meta = _meta(obj)
+    return f"{meta.get('namespace') or ''}/{meta.get('name') or ''}"
+
+
+def _stable_revision(req: AdmissionInput) -> str | None:
+    # The old object's status: status in the request body of a main-resource write is the user's
+    # (the API server resets it only after mutating admission), status writes never come here.
+    status = (req.old or {}).get("status") or {}
+    value = status.get("stableRevision")
+    return value if isinstance(value, str) and value else None
+
+
+def _template_changed(req: AdmissionInput) -> bool:
+    return req.operation == "CREATE" or _revision(req.old) != _revision(req.new)
+
+
+def _passes_untouched(req: AdmissionInput) -> bool:
+    """Requests the approval rules never look at: the operator, subresources, deletes."""
+    return (
+        req.user == names.OPERATOR_USERNAME
+        or req.subresource is not None
+        or req.operation not in WRITE_OPERATIONS
+        or req.new is None
+    )
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+# ---------------------------------------------------------------- mutating webhook
+
+
+def mutate_rollout(req: AdmissionInput, key: bytes, now: datetime) -> Mutation:
+    """Record the author of a template change and turn an `approve` annotation into a signed entry.
+
+    The entry is signed for whoever sends the request; whether that person may approve is the
+    validating webhook's decision, which sees this very entry and rejects the whole request if not.
+    An `approve` naming the wrong revision (or the stable one) is left in place so that the validating
+    webhook can say what is wrong.
+    """
+    if _passes_untouched(req):
+        return Mutation()
+    ann = _annotations(req.new)
+    old_ann = _annotations(req.old)
+    rev = _revision(req.new)
+    changes: dict[str, str | None] = {}
+    warnings: list[str] = []
+
+    entries, unreadable = parse_record(ann.get(names.ANN_APPROVALS))
+    record = list(entries)
+    touched = False
+    if _template_changed(req) and rev is not None:
+        if ann.get(names.ANN_AUTHOR) != req.user:
+            changes[names.ANN_AUTHOR] = req.user
+        record = [e for e in record if e.revision == rev]
+        touched = True
+        if req.operation == "UPDATE" and len(record) < len(entries):
+            warnings.append(
+                f"spec.template changed (new revision {rev}): "
+                f"{len(entries) - len(record)} approval(s) of the previous revision no longer count"
+            )
+
+    approve = ann.get(names.ANN_APPROVE)
+    if approve is not None:
+        if req.operation == "UPDATE" and approve == old_ann.get(names.ANN_APPROVE):
+            # Left over from a time without webhooks; this request did not ask to approve anything.
+            changes[names.ANN_APPROVE] = None
+            warnings.append(
+                f"removed a leftover {names.ANN_APPROVE} annotation that was never recorded; set it again to approve"
+            )
+        elif rev is not None and approve.strip() == rev and rev != _stable_revision(req):
+            entry = ApprovalEntry(
+                user=req.user,
+                groups=sorted(set(req.groups)),
+                revision=rev,
+                time=_utc(now).replace(microsecond=0),
+                rollout=rollout_id(req.new),
+            )
+            record.append(sign(entry, key))
+            changes[names.ANN_APPROVE] = None
+            touched = True
+
+    if touched and (record != entries or unreadable):
+        changes[names.ANN_APPROVALS] = dump_record(record) if record else None
+    return Mutation(annotations=changes, warnings=tuple(warnings))
+
+
+# ---------------------------------------------------------------- validating webhook
+
+
+def needs_policy_context(req: AdmissionInput) -> bool:
+    """True when `validate_rollout` may check an approver's groups (so the shell must read policies)."""
+    if _passes_untouched(req):
+        return False
+    raw = _annotations(req.new).get(names.ANN_APPROVALS)
+    return raw is not None and (raw != _annotations(req.old).get(names.ANN_APPROVALS) or _template_changed(req))
+
+
+def validate_rollout(
+    req: AdmissionInput,
+    key: bytes,
+    policies: list[NamedPolicy],
+    namespace_labels: Mapping[str, str],
+    now: datetime,
+) -> list[Problem]:
+    """Everything wrong with a write to a Rollout (empty: allowed)."""
+    if _passes_untouched(req):
+        return []
+    problems: list[Problem] = []
+    old_spec = (req.old or {}).get("spec")
+    new = req.new or {}
+    if req.operation == "CREATE" or old_spec != new.get("spec"):
+        problems += rollout_spec_problems(new.get("spec"))
+    problems += _approve_problems(req)
+    problems += _author_problems(req)
+    problems += _record_problems(req, key, policies, namespace_labels, _utc(now))
+    return problems
+
+
+def _approve_hint(req: AdmissionInput, rev: str) -> str:
+    meta = _meta(req.new)
+    return (
+        f"kubectl annotate rollout {meta.get('name')} -n {meta.get('namespace')} {names.ANN_APPROVE}={rev} --overwrite"
+    )
+
+
+def _approve_problems(req: AdmissionInput) -> list[Problem]:
+    """An `approve` the mutating webhook did not consume: say why it cannot be recorded."""
+    value = _annotations(req.new).get(names.ANN_APPROVE)
+    if value is None or (req.operation == "UPDATE" and value == _annotations(req.old).get(names.ANN_APPROVE)):
+        return []
+    rev = _revision(req.new)
+    if rev is None:
+        return [Problem(f"{names.ANN_APPROVE}: nothing to approve, spec.template is missing", UNPROCESSABLE)]
+    if value.strip() != rev:
+        return [
+            Problem(
+                f"{names.ANN_APPROVE}={value} does not name the canary revision {rev} of "
+                f"{rollout_id(req.new)}; approve exactly the revision being rolled out: {_approve_hint(req, rev)}",
+                UNPROCESSABLE,
+            )
+        ]
+    if rev == _stable_revision(req):
+        return [
+            Problem(
+                f"revision {rev} is already the stable revision of {rollout_id(req.new)}; there is nothing to approve",
+                UNPROCESSABLE,
+            )
+        ]
+    return [
+        Problem(
+            f"{names.ANN_APPROVE} was not recorded: the approvals (mutating) webhook did not process this "
+            "request; ask the platform team to check the operator's webhook registration"
+        )
+    ]
+
+
+def _author_problems(req: AdmissionInput) -> list[Problem]:
+    new_author = _annotations(req.new).get(names.ANN_AUTHOR)
+    old_author = _annotations(req.old).get(names.ANN_AUTHOR) if req.old is not None else None
+    if _template_changed(req):
+        if _revision(req.new) is None or new_author == req.user:
+            return []
+        return [
+            Problem(
+                f"{names.ANN_AUTHOR} must name who changes spec.template ({req.user!r}), not {new_author!r}; "
+                "the admission webhook sets it, do not write it yourself"
+            )
+        ]
+    if new_author == old_author:
+        return []
+    change = "removes it" if new_author is None else f"changes it from {old_author!r} to {new_author!r}"
+    return [
+        Problem(
+            f"{names.ANN_AUTHOR} records who last changed spec.template and only the admission webhook "
+            f"writes it; this request {change}: undo that change"
+        )
+    ]
+
+
+def _record_problems(
+    req: AdmissionInput,
+    key: bytes,
+    policies: list[NamedPolicy],
+    namespace_labels: Mapping[str, str],
+    now: datetime,
+) -> list[Problem]:
+    ann, old_ann = _annotations(req.new), _annotations(req.old)
+    raw_new, raw_old = ann.get(names.ANN_APPROVALS), old_ann.get(names.ANN_APPROVALS)
+    template_changed = _template_changed(req)
+    if raw_new == raw_old and not template_changed:
+        return []
+    new_entries, unreadable = parse_record(raw_new)
+    if unreadable:
+        return [
+            Problem(
+                f"{names.ANN_APPROVALS} is written only by the admission webhook and the operator, and this "
+                f"value is not a valid record ({'; '.join(unreadable)}); to approve, set "
+                f"{names.ANN_APPROVE}=<canary revision> instead"
+            )
+        ]
+    old_entries, _ = parse_record(raw_old)
+    rev = _revision(req.new)
+    # A new template voids approvals of other revisions, so the webhook may drop those.
+    kept = [e for e in old_entries if e.revision == rev] if template_changed else old_entries
+    if new_entries[: len(kept)] != kept:
+        return [
+            Problem(
+                f"recorded approvals in {names.ANN_APPROVALS} cannot be edited, reordered or removed "
+                "(only a change of spec.template voids them); undo your change to that annotation"
+            )
+        ]
+
+    problems: list[Problem] = []
+    rollout = rollout_id(req.new)
+    seen = {(e.user, e.revision) for e in kept}
+    for i, entry in enumerate(new_entries[len(kept) :], start=len(kept)):
+        wrong = _forgery_signs(entry, req, key, rollout, rev, now)
+        if wrong:
+            problems.append(
+                Problem(
+                    f"{names.ANN_APPROVALS}[{i}] (user {entry.user!r}, revision {entry.revision}) is rejected: "
+                    + "; ".join(wrong)
+                    + f". Approvals are recorded only by the admission webhook: set {names.ANN_APPROVE}="
+                    f"{rev or '<canary revision>'} instead"
+                )
+            )
+            continue
+        problems += _approval_rule_problems(req, entry, policies, namespace_labels, seen)
+        seen.add((entry.user, entry.revision))
+    return problems
+
+
+def _forgery_signs(
+    entry: ApprovalEntry, req: AdmissionInput, key: bytes, rollout: str, rev: str | None, now: datetime
+) -> list[str]:
+    """Everything that shows an appended entry is not the one the webhook just wrote for this request."""
+    wrong = []
+    if not verify(entry, key):
+        wrong.append("its signature does not verify")
+    if entry.rollout != rollout:
+        wrong.append(f"it was given for rollout {entry.rollout}, not {rollout}")
+    if entry.user != req.user:
+        wrong.append(f"it names {entry.user!r} but the request comes from {req.user!r}")
+    if sorted(set(entry.groups)) != sorted(set(req.groups)):
+        wrong.append("its groups are not the requester's groups")
+    if entry.revision != rev:
+        wrong.append(f"it is for revision {entry.revision}, but the canary revision is {rev}")
+    if abs(_utc(entry.time) - now) > APPROVAL_MAX_SKEW:
+        wrong.append(f"it is dated {_utc(entry.time).isoformat()}, not now (copied or replayed)")
+    return wrong
+
+
+def _approval_rule_problems(
+    req: AdmissionInput,
+    entry: ApprovalEntry,
+    policies: list[NamedPolicy],
+    namespace_labels: Mapping[str, str],
+    seen: set[tuple[str, str]],
+) -> list[Problem]:
+    ann = _annotations(req.new)
+    who, rev, rollout = entry.user, entry.revision, rollout_id(req.new)
+    problems = []
+    if rev == _stable_revision(req):
+        problems.append(
+            Problem(
+                f"revision {rev} is already the stable revision of {rollout}; there is nothing to approve",
+                UNPROCESSABLE,
+            )
+        )
+    if ann.get(names.ANN_AUTHOR) == who:
+        problems.append(
+            Problem(
+                f"{who!r} cannot approve revision {rev} of {rollout}: they are its author (they last changed "
+                "spec.template); under the two-person rule someone else must approve"
+            )
+        )
+    change_author = (ann.get(names.ANN_CHANGE_AUTHOR) or "").strip()
+    if change_author and change_author == who:
+        problems.append(
+            Problem(
+                f"{who!r} cannot approve revision {rev} of {rollout}: CI names them as the author of the change "
+                f"({names.ANN_CHANGE_AUTHOR}); under the two-person rule someone else must approve"
+            )
+        )
+    groups, sources = approver_groups(req.new or {}, policies, namespace_labels)
+    if not set(req.groups) & set(groups):
+        problems.append(
+            Problem(
+                f"{who!r} may not approve {rollout}: approvals must come from a member of "
+                f"{', '.join(groups)} ({', '.join(sources)}); {who!r} is in "
+                f"{', '.join(sorted(req.groups)) or 'no groups'}"
+            )
+        )
+    if (who, rev) in seen:
+        problems.append(
+            Problem(
+                f"{who!r} has already approved revision {rev} of {rollout}; the next approval must come from "
+                "another person"
+            )
+        )
+    return problems
+
+
+def approver_groups(
+    rollout: Mapping[str, Any], policies: Iterable[NamedPolicy], namespace_labels: Mapping[str, str]
+) -> tuple[list[str], list[str]]:
+    """Groups allowed to approve this rollout, and where that rule comes from.
+
+    The union of the approver groups of every matching policy that requires approvals (plus its
+    `aiAssisted` rules when the rollout is marked AI-assisted) and of the rollout's own approval steps;
+    `senior-engineers` when none names any.
+    """
+    labels = dict(_meta(rollout).get("labels") or {})
+    ai = str(_annotations(rollout).get(names.ANN_AI_ASSISTED, "")).strip().lower() == "true"
+    groups: set[str] = set()
+    sources: list[str] = []
+    for policy in policies:
+        if not policy.spec.selector.matches(labels, dict(namespace_labels)):
+            continue
+        rules: list[FrictionRules] = [policy.spec.rules]
+        if ai and policy.spec.ai_assisted is not None:
+            rules.append(policy.spec.ai_assisted)
+        for rule in rules:
+            if rule.approvals is not None:
+                groups.update(rule.approvals.approver_groups)
+                if f"policy {policy.name}" not in sources:
+                    sources.append(f"policy {policy.name}")
+    own = _own_approver_groups(rollout)
+    if own:
+        groups.update(own)
+        sources.append("the rollout's own approval step")
+    if not groups:
+        return [names.SENIOR_GROUP], ["the default when no policy names approver groups"]
+    return sorted(groups), sources
+
+
+def _own_approver_groups(rollout: Mapping[str, Any]) -> set[str]:
+    """Groups named by the rollout's own approval steps: the planner counts them at that gate, so they
+    must be able to approve. They never weaken a policy's gate, which counts only its own groups."""
+    steps = (((rollout.get("spec") or {}).get("strategy") or {}).get("canary") or {}).get("steps") or []
+    out: set[str] = set()
+    for step in steps if isinstance(steps, list) else []:
+        approval = step.get("approval") if isinstance(step, Mapping) else None
+        groups = approval.get("approverGroups") if isinstance(approval, Mapping) else None
+        if isinstance(groups, list):
+            out.update(g for g in groups if isinstance(g, str) and g)
+    return out
+
+
+def policies_from_objects(items: Iterable[Mapping[str, Any]]) -> list[NamedPolicy]:
+    """FrictionPolicy objects as read from the API; invalid ones are skipped (their status says why)."""
+    out = []
+    for item in items:
+        try:
+            spec = FrictionPolicySpec.model_validate(item.get("spec") or {})
+        except ValidationError:
+            continue
+        out.append(NamedPolicy(name=str(_meta(item).get("name", "")), spec=spec))
+    return out
+
+
+# ---------------------------------------------------------------- specs
+
+
+def validate_policy(req: AdmissionInput) -> list[Problem]:
+    """Everything wrong with a write to a FrictionPolicy (empty: allowed)."""
+    if _passes_untouched(req):
+        return []
+    new = req.new or {}
+    if req.operation == "UPDATE" and (req.old or {}).get("spec") == new.get("spec"):
+        return []
+    return policy_spec_problems(new.get("spec"))
+
+
+def rollout_spec_problems(spec: Any) -> list[Problem]:
+    if not isinstance(spec, Mapping):
+        return [Problem("spec: is required", UNPROCESSABLE)]
+    try:
+        parsed = RolloutSpec.model_validate(dict(spec))
+    except ValidationError as exc:
+        return [Problem(line, UNPROCESSABLE) for line in readable_errors(exc)]
+    return _query_problems(parsed.analysis.metrics, "spec.analysis.metrics")
+
+
+def policy_spec_problems(spec: Any) -> list[Problem]:
+    if not isinstance(spec, Mapping):
+        return [Problem("spec: is required", UNPROCESSABLE)]
+    try:
+        parsed = FrictionPolicySpec.model_validate(dict(spec))
+    except ValidationError as exc:
+        return [Problem(line, UNPROCESSABLE) for line in readable_errors(exc)]
+    problems = _query_problems(parsed.rules.required_metrics, "spec.rules.requiredMetrics")
+    if parsed.ai_assisted is not None:
+        problems += _query_problems(parsed.ai_assisted.required_metrics, "spec.aiAssisted.requiredMetrics")
+    return problems
+
+
+def _query_problems(metrics: list[MetricSpec], path: str) -> list[Problem]:
+    problems = []
+    for i, metric in enumerate(metrics):
+        if metric.kind == "query" and metric.query:
+            error = validate_query(metric.query)
+            if error:
+                problems.append(Problem(f"{path}[{i}].query: {error}", UNPROCESSABLE))
+    return problems
+

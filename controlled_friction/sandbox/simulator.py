@@ -1,0 +1,432 @@
+"""The sandbox's traffic simulator: the contract's app metrics for every Rollout in the cluster.
+
+    python -m controlled_friction.sandbox.simulator --kubeconfig PATH --listen 127.0.0.1:PORT [--rate 50] [--seed N]
+
+A source says which tracks each service has (the cluster's Deployments, or tracks set in code), a
+tick thread advances the pure `traffic.TrafficModel` every 0.25 s, and an HTTP server exposes
+`/metrics` (Prometheus text format), `/lost` (lost orders per service, JSON) and `/healthz`.
+Benchmarks and tests use `serve(model, StaticSource(), "127.0.0.1:0")` without a cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from controlled_friction import names
+from controlled_friction.sandbox.traffic import (
+    LATENCY_BUCKETS,
+    ServiceKey,
+    ServiceState,
+    Topology,
+    Track,
+    TrafficConfig,
+    TrafficModel,
+    lost_report,
+    parse_fault_profile,
+)
+
+log = logging.getLogger(__name__)
+
+SERIES_LABELS = ["namespace", "service", "track", "revision"]
+
+
+# ---------------------------------------------------------------- sources
+
+
+class Source(Protocol):
+    """Where the topology comes from. `refresh` may block and raise; `services` must not."""
+
+    def refresh(self) -> None: ...
+
+    def services(self) -> Topology: ...
+
+
+class StaticSource:
+    """Tracks set in code, changeable at any time (the next tick serves the new topology)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._services: dict[ServiceKey, ServiceState] = {}
+
+    def set_tracks(self, namespace: str, service: str, tracks: Sequence[Track], rate: float | None = None) -> None:
+        """Replace the service's tracks; `rate` (requests/s) overrides the model's default."""
+        with self._lock:
+            self._services[ServiceKey(namespace, service)] = ServiceState(tuple(tracks), rate)
+
+    def remove(self, namespace: str, service: str) -> None:
+        with self._lock:
+            self._services.pop(ServiceKey(namespace, service), None)
+
+    def refresh(self) -> None:
+        pass
+
+    def services(self) -> Topology:
+        with self._lock:
+            return dict(self._services)
+
+
+def topology_from_objects(
+    deployments: Iterable[Mapping[str, Any]], rollouts: Iterable[Mapping[str, Any]]
+) -> tuple[dict[ServiceKey, ServiceState], list[str]]:
+    """Group Deployments (API JSON) by Rollout into services; also returns what was ignored and why.
+
+    The `service` label is the Rollout's `spec.analysis.service`, else the Rollout's name.
+    """
+    service_of: dict[tuple[str, str], str] = {}
+    for r in rollouts:
+        meta = r.get("metadata") or {}
+        svc = ((r.get("spec") or {}).get("analysis") or {}).get("service")
+        if svc:
+            service_of[(meta.get("namespace", ""), meta.get("name", ""))] = str(svc)
+
+    grouped: dict[ServiceKey, list[Track]] = {}
+    problems: list[str] = []
+    for d in deployments:
+        meta = d.get("metadata") or {}
+        ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        rollout = (meta.get("labels") or {}).get(names.LABEL_ROLLOUT)
+        template_meta = ((d.get("spec") or {}).get("template") or {}).get("metadata") or {}
+        labels = template_meta.get("labels") or {}
+        track, revision = labels.get(names.LABEL_TRACK), labels.get(names.LABEL_REVISION)
+        if not rollout or not track or not revision:
+            problems.append(
+                f"deployment {ns}/{name}: needs label {names.LABEL_ROLLOUT} and pod template labels "
+                f"{names.LABEL_TRACK}, {names.LABEL_REVISION}; ignored"
+            )
+            continue
+        parsed = parse_fault_profile(template_meta.get("annotations"))
+        problems.extend(f"deployment {ns}/{name}: {p}" for p in parsed.problems)
+        ready = int((d.get("status") or {}).get("readyReplicas") or 0)
+        key = ServiceKey(ns, service_of.get((ns, rollout), rollout))
+        grouped.setdefault(key, []).append(Track(str(track), str(revision), ready, parsed.profile))
+    topology = {k: ServiceState(tuple(sorted(v, key=lambda t: (t.track, t.revision)))) for k, v in grouped.items()}
+    return topology, problems
+
+
+class ClusterSource:
+    """Lists the Deployments labelled `controlled-friction.io/rollout` and their Rollouts.
+
+    A failed refresh keeps the last topology: the fake pods keep serving while the API server is
+    away, as real ones would.
+    """
+
+    def __init__(self, kubeconfig: str, request_timeout: float = 5.0) -> None:
+        self.kubeconfig = kubeconfig
+        self.request_timeout = request_timeout
+        self._api: Any = None
+        self._lock = threading.Lock()
+        self._topology: dict[ServiceKey, ServiceState] = {}
+        self._reported: set[str] = set()
+        self._rollouts_missing_reported = False
+
+    def _client(self) -> Any:
+        from kubernetes import config  # slow import; only the cluster process needs it
+
+        if self._api is None:
+            self._api = config.new_client_from_config(config_file=self.kubeconfig)  # type: ignore[no-untyped-call]
+        return self._api
+
+    def _list(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        resp = call(*args, _preload_content=False, _request_timeout=self.request_timeout, **kwargs)
+        return list(json.loads(resp.data).get("items") or [])
+
+    def refresh(self) -> None:
+        try:
+            self._refresh()
+        except Exception:
+            self._api = None  # re-read the kubeconfig next time: the sandbox may have new certs or ports
+            raise
+
+    def _refresh(self) -> None:
+        from kubernetes import client
+
+        api = self._client()
+        deployments = self._list(
+            client.AppsV1Api(api).list_deployment_for_all_namespaces, label_selector=names.LABEL_ROLLOUT
+        )
+        try:
+            rollouts = self._list(
+                client.CustomObjectsApi(api).list_cluster_custom_object,
+                names.GROUP,
+                names.VERSION,
+                names.ROLLOUT_PLURAL,
+            )
+            self._rollouts_missing_reported = False
+        except client.ApiException as exc:
+            if exc.status not in (403, 404):
+                raise
+            # No Rollout CRD (or no right to read it): every service is named after its rollout.
+            if not self._rollouts_missing_reported:
+                log.warning("cannot list rollouts (HTTP %s); service label = rollout name", exc.status)
+                self._rollouts_missing_reported = True
+            rollouts = []
+        topology, problems = topology_from_objects(deployments, rollouts)
+        for p in problems:
+            if p not in self._reported:  # say it once while it lasts, not every second
+                log.warning("%s", p)
+        self._reported = set(problems)
+        with self._lock:
+            self._topology = topology
+
+    def services(self) -> Topology:
+        with self._lock:
+            return dict(self._topology)
+
+
+# ---------------------------------------------------------------- exposition
+
+
+@dataclass
+class SourceStatus:
+    ok: bool = False
+    error: str | None = None
+    failures: int = 0  # consecutive failed refreshes
+    refreshed_at: float | None = None  # monotonic
+
+
+class ModelCollector:
+    """Reports the model's current counters at each scrape (no prometheus_client metric objects)."""
+
+    def __init__(self, model: TrafficModel, status: SourceStatus | None = None) -> None:
+        self.model = model
+        self.status = status
+
+    def describe(self) -> Iterable[Metric]:
+        return []  # label sets change at runtime; skip the registry's duplicate-name check
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.model.snapshot()
+        requests = CounterMetricFamily(
+            "http_requests", "Requests served by the simulated app.", labels=[*SERIES_LABELS, "code"]
+        )
+        orders = CounterMetricFamily("orders", "Orders placed through the simulated app.", labels=SERIES_LABELS)
+        expected = CounterMetricFamily(
+            "sim_orders_expected",
+            "Orders a healthy revision would have produced for the same requests.",
+            labels=SERIES_LABELS,
+        )
+        lost = CounterMetricFamily(
+            "sim_orders_lost", "Expected minus delivered orders (lost to the revision's faults).", labels=SERIES_LABELS
+        )
+        latency = HistogramMetricFamily(
+            "http_request_duration_seconds", "Simulated request latency.", labels=SERIES_LABELS
+        )
+        for key, c in sorted(snap.series.items()):
+            for code, value in sorted(c.requests.items()):
+                requests.add_metric([*key, code], value)
+            orders.add_metric(list(key), c.orders)
+            expected.add_metric(list(key), c.expected_orders)
+            lost.add_metric(list(key), c.lost_orders)
+            cumulative, buckets = 0.0, []
+            for upper, count in zip([*map(repr, LATENCY_BUCKETS), "+Inf"], c.latency_buckets, strict=True):
+                cumulative += count
+                buckets.append((upper, cumulative))
+            latency.add_metric(list(key), buckets, c.latency_sum)
+        share = GaugeMetricFamily(
+            "sim_track_share",
+            "Current fraction of the service's requests served by the track.",
+            labels=["namespace", "service", "track"],
+        )
+        for skey, by_track in sorted(snap.shares.items()):
+            for track, fraction in sorted(by_track.items()):
+                share.add_metric([*skey, track], fraction)
+        ready = GaugeMetricFamily(
+            "sim_ready_replicas", "Ready replicas the simulator routes traffic to.", labels=SERIES_LABELS
+        )
+        for key, n in sorted(snap.ready.items()):
+            ready.add_metric(list(key), n)
+        yield from (requests, orders, expected, lost, latency, share, ready)
+        if self.status is not None:
+            yield GaugeMetricFamily(
+                "sim_source_up", "1 if the last topology refresh succeeded.", value=1.0 if self.status.ok else 0.0
+            )
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--listen wants HOST:PORT, got {listen!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # one line per scrape is noise
+
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+class SimulatorHandle:
+    """A running simulator (tick thread, refresh thread, HTTP server). Stop it with `stop()`."""
+
+    def __init__(
+        self, model: TrafficModel, source: Source, listen: str, tick_interval: float, refresh_interval: float
+    ) -> None:
+        self.model, self.source = model, source
+        self.tick_interval, self.refresh_interval = tick_interval, refresh_interval
+        self.status = SourceStatus()
+        self.last_tick: float | None = None
+        self._stop = threading.Event()
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(ModelCollector(model, self.status))
+        self._metrics_app = make_wsgi_app(registry)
+        host, port = parse_listen(listen)
+        self._server = make_server(host, port, self._app, server_class=_Server, handler_class=_QuietHandler)
+        bound_port = self._server.server_address[1]
+        self.target = f"{host}:{bound_port}"
+        self.url = f"http://{self.target}"
+        self._threads = [
+            threading.Thread(target=self._refresh_loop, name="sim-refresh", daemon=True),
+            threading.Thread(target=self._tick_loop, name="sim-tick", daemon=True),
+            threading.Thread(target=self._server.serve_forever, name="sim-http", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    # ------------------------------------------------------------ loops
+
+    def _refresh_loop(self) -> None:
+        last_logged: tuple[str | None, float] = (None, 0.0)
+        while True:
+            try:
+                self.source.refresh()
+                if not self.status.ok and self.status.error is not None:
+                    log.info("topology source is back")
+                self.status.ok, self.status.error, self.status.failures = True, None, 0
+                self.status.refreshed_at = time.monotonic()
+            except Exception as exc:
+                self.status.ok, self.status.error = False, f"{type(exc).__name__}: {exc}"
+                self.status.failures += 1
+                now = time.monotonic()
+                # Log a new kind of failure at once, a persisting one every 30 s.
+                if last_logged[0] != type(exc).__name__ or now - last_logged[1] > 30:
+                    log.warning("topology refresh failed (keeping the last topology): %s", self.status.error)
+                    last_logged = (type(exc).__name__, now)
+            if self._stop.wait(self.refresh_interval):
+                return
+
+    def _tick_loop(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(self.tick_interval):
+            now = time.monotonic()
+            try:
+                self.model.tick(self.source.services(), now - last)
+            except Exception:
+                log.exception("tick failed")
+            last = self.last_tick = now
+
+    # ------------------------------------------------------------ HTTP
+
+    def _json(self, start_response: Callable[..., Any], status: str, body: object) -> list[bytes]:
+        data = json.dumps(body).encode()
+        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(data)))])
+        return [data]
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        age = None if self.last_tick is None else time.monotonic() - self.last_tick
+        fresh = age is None or age < max(5.0, 10 * self.tick_interval)
+        ok = fresh and not self._stop.is_set()
+        return ok, {
+            "status": "ok" if ok else "stalled",
+            "lastTickAgeSeconds": age,
+            "source": {"ok": self.status.ok, "error": self.status.error, "failures": self.status.failures},
+        }
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO") or "/"
+        if path == "/healthz":
+            ok, body = self.health()
+            return self._json(start_response, "200 OK" if ok else "503 Service Unavailable", body)
+        if path == "/lost":
+            return self._json(start_response, "200 OK", lost_report(self.model.lost_orders()))
+        if path in ("/", "/metrics"):
+            result: Iterable[bytes] = self._metrics_app(environ, start_response)
+            return result
+        return self._json(start_response, "404 Not Found", {"error": f"no such path {path}"})
+
+    # ------------------------------------------------------------ lifecycle
+
+    def stop(self) -> None:
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._server.shutdown()
+        self._server.server_close()
+        for t in self._threads:
+            t.join(timeout=10)
+
+    def __enter__(self) -> SimulatorHandle:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def serve(
+    model: TrafficModel,
+    source: Source,
+    listen: str = "127.0.0.1:0",
+    *,
+    tick_interval: float = 0.25,
+    refresh_interval: float = 1.0,
+) -> SimulatorHandle:
+    """Run the simulator in background threads; port 0 picks a free port (see `handle.target`)."""
+    return SimulatorHandle(model, source, listen, tick_interval, refresh_interval)
+
+
+# ---------------------------------------------------------------- process
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m " + __spec__.name if __spec__ else None, description=__doc__)
+    parser.add_argument("--kubeconfig", required=True, help="kubeconfig of the cluster to read Deployments from")
+    parser.add_argument("--listen", default="127.0.0.1:9464", help="HOST:PORT of /metrics, /lost and /healthz")
+    parser.add_argument("--rate", type=float, default=TrafficConfig.rate, help="requests per second per service")
+    parser.add_argument("--seed", type=int, default=None, help="RNG seed (default: random)")
+    parser.add_argument("--tick", type=float, default=0.25, help="seconds between model ticks")
+    parser.add_argument("--refresh", type=float, default=1.0, help="seconds between cluster reads")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+
+    from controlled_friction import logs
+
+    logs.configure(verbose=args.verbose)
+    model = TrafficModel(TrafficConfig(rate=args.rate), seed=args.seed)
+    stopping = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stopping.set())
+    handle = serve(
+        model, ClusterSource(args.kubeconfig), args.listen, tick_interval=args.tick, refresh_interval=args.refresh
+    )
+    log.info("traffic simulator listening on %s (rate %.1f req/s per service)", handle.url, args.rate)
+    try:
+        stopping.wait()
+    finally:
+        handle.stop()
+    log.info("traffic simulator stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Builders and readers shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from controlled_friction import names
+from controlled_friction.adapters.kube import Kube, load_api_client
+from controlled_friction.revision import revision_of
+from controlled_friction.sandbox import cluster
+
+from .waiting import wait_for
+
+POLICY = "e2e-critical"
+ERRORS = {"name": "errors", "kind": "errorRatio", "maxRatio": 0.05}
+ORDERS = {"name": "orders", "kind": "orderRateDrop", "maxDrop": 0.5}
+
+
+def critical_policy() -> dict[str, Any]:
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": "FrictionPolicy",
+        "metadata": {"name": POLICY},
+        "spec": {
+            "selector": {"rolloutSelector": {"matchLabels": {names.LABEL_TIER: "critical"}}},
+            "rules": {"approvals": {"count": 2, "approverGroups": [names.SENIOR_GROUP], "expiry": "1h"}},
+        },
+    }
+
+
+def rollout(
+    namespace: str,
+    image: str,
+    steps: list[dict[str, Any]],
+    *,
+    name: str = "checkout",
+    replicas: int = 4,
+    metrics: list[dict[str, Any]] | None = None,
+    critical: bool = False,
+    sim: dict[str, str] | None = None,
+    **analysis: Any,
+) -> dict[str, Any]:
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": "Rollout",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {names.LABEL_TIER: "critical"} if critical else {},
+        },
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {
+                    "labels": {"app": name},
+                    "annotations": {names.SIM_PREFIX + k: v for k, v in (sim or {}).items()},
+                },
+                "spec": {"containers": [{"name": "app", "image": image}]},
+            },
+            "strategy": {"canary": {"steps": steps}},
+            "analysis": {"interval": "2s", "window": "10s", "minRequests": 10, "metrics": metrics or [],
+                         **analysis},
+        },
+    }
+
+
+def revision(obj: dict[str, Any]) -> str:
+    return revision_of(obj["spec"]["template"])
+
+
+def apply_as(user: str, obj: dict[str, Any]) -> None:
+    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(obj), kubeconfig_file=cluster.kubeconfig_path(user))
+
+
+def kubectl_as(user: str, *args: str) -> tuple[int, str]:
+    proc = cluster.kubectl(*args, kubeconfig_file=cluster.kubeconfig_path(user), check=False)
+    return proc.returncode, (proc.stdout + proc.stderr).strip()
+
+
+def admin() -> Kube:
+    return Kube(load_api_client(str(cluster.kubeconfig_path("admin"))))
+
+
+def status(kube: Kube, ns: str, name: str = "checkout") -> dict[str, Any]:
+    return kube.get_rollout(ns, name).get("status") or {}
+
+
+def wait_phase(kube: Kube, ns: str, phase: str, timeout: float = 120, name: str = "checkout",
+               revision_: str | None = None) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        st = status(kube, ns, name)
+        if st.get("phase") != phase:
+            return None
+        if revision_ and phase == "Healthy" and st.get("stableRevision") != revision_:
+            return None
+        return st
+
+    try:
+        return wait_for(check, timeout, message=f"{ns}/{name} phase {phase}")
+    except TimeoutError as exc:
+        st = status(kube, ns, name)
+        raise TimeoutError(f"{exc}; now phase={st.get('phase')} message={st.get('message')!r}") from None
+
+
+def deployment(kube: Kube, ns: str, track: str, name: str = "checkout") -> dict[str, Any]:
+    dep = kube.get_deployment(ns, names.deployment_name(name, track))
+    assert dep is not None, f"{name}-{track} missing"
+    return dep
