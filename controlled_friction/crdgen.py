@@ -180,7 +180,10 @@ def _crd(*, kind: str, plural: str, singular: str, scope: str, short: list[str],
         "kind": "CustomResourceDefinition",
         "metadata": {
             "name": f"{plural}.{names.GROUP}",
-            "labels": {"app.kubernetes.io/name": "controlled-friction", "app.kubernetes.io/part-of": "controlled-friction"},
+            "labels": {
+                "app.kubernetes.io/name": "controlled-friction",
+                "app.kubernetes.io/part-of": "controlled-friction",
+            },
         },
         "spec": {
             "group": names.GROUP,

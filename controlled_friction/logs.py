@@ -36,3 +36,5 @@ def configure(verbose: bool = False) -> None:
     root.setLevel(level)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # kopf logs every successful handler call at INFO; with a timer per Rollout that drowns the signal.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -617,7 +617,7 @@ class _Planner:
                     self.set_phase("Paused", f"{where}: paused at {st.canary_weight}%; use the promote action")
                     return
             elif step.kind == "pause":
-                assert st.step_started_at is not None
+                assert st.step_started_at is not None and step.pause_seconds is not None
                 left = step.pause_seconds - (self.now - st.step_started_at).total_seconds()
                 if left > 0:
                     self.set_phase("Progressing", f"{where}: baking at {st.canary_weight}%, {math.ceil(left)}s left")

@@ -11,7 +11,7 @@ import os
 import secrets
 from pathlib import Path
 
-from kubernetes import client, config
+from kubernetes import client
 
 from controlled_friction import names
 
@@ -58,13 +58,9 @@ def load_or_create_key(
 
 def api_client() -> client.ApiClient:
     """In-cluster credentials inside a pod, else the kubeconfig ($KUBECONFIG or ~/.kube/config)."""
-    try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-        return client.ApiClient()
-    except config.ConfigException:
-        cfg = client.Configuration()
-        config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        return client.ApiClient(cfg)
+    from controlled_friction.adapters.kube import load_api_client
+
+    return load_api_client()
 
 
 def _key_of(secret: client.V1Secret, namespace: str, name: str) -> bytes:

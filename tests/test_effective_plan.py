@@ -165,6 +165,13 @@ def test_max_first_weight_strictest_policy_wins_and_names_every_rule_that_asked(
     assert plan.steps[0].added_by == [by("a", "maxFirstWeight"), by("b", "maxFirstWeight")]
 
 
+@pytest.mark.parametrize(("first", "expected"), [(10, [10]), (11, [10, 11]), (9, [9])])
+def test_max_first_weight_boundary(first: int, expected: list[int]) -> None:
+    spec = make_spec([{"setWeight": first}])
+    plan = compute_effective_plan(spec, [make_policy("p", {"maxFirstWeight": 10})], ai_assisted=False)
+    assert weights(plan) == expected
+
+
 def test_max_first_weight_already_met_changes_nothing() -> None:
     spec = make_spec([{"setWeight": 5}, {"setWeight": 100}])
     plan = compute_effective_plan(spec, [make_policy("p", {"maxFirstWeight": 10})], ai_assisted=False)
@@ -251,6 +258,14 @@ def test_min_bake_inserts_pause_after_every_weight_and_lengthens_short_ones() ->
     ]
     assert plan.steps[1].added_by == [by("p", "minBake")]
     assert plan.steps[3].added_by == []
+
+
+@pytest.mark.parametrize(("pause", "expected"), [(299, 300.0), (300, 300.0), (301, 301.0)])
+def test_min_bake_boundary(pause: int, expected: float) -> None:
+    spec = make_spec([{"setWeight": 10}, {"pause": {"duration": pause}}])
+    plan = compute_effective_plan(spec, [make_policy("p", {"minBake": "5m"})], ai_assisted=False)
+    assert [s.pause_seconds for s in plan.steps] == [None, expected]
+    assert (plan.steps[1].added_by == [by("p", "minBake")]) is (pause < 300)
 
 
 def test_min_bake_untimed_pause_is_kept_but_is_not_bake() -> None:
@@ -470,13 +485,19 @@ METRIC_POOL = [
     {"name": "apdex", "kind": "query", "query": "a", "min": 0.8, "max": 1},
 ]
 
-durations = st.one_of(st.none(), st.integers(min_value=0, max_value=7200).map(float))
+# Values cluster around each other so boundaries (equal, one below, one above) are hit often.
+durations = st.one_of(
+    st.none(),
+    st.sampled_from([0, 1, 59, 60, 61, 299, 300, 301, 600, 3600]).map(float),
+    st.integers(min_value=0, max_value=7200).map(float),
+)
+weight_values = st.one_of(st.sampled_from([0, 1, 9, 10, 11, 49, 50, 51, 99, 100]), st.integers(0, 100))
 
 
 @st.composite
 def rollout_steps(draw: st.DrawFn) -> list[dict[str, Any]]:
     shapes = draw(st.lists(st.sampled_from(["setWeight", "pause", "approval", "analysis"]), min_size=1, max_size=10))
-    ws = sorted(draw(st.lists(st.integers(0, 100), min_size=len(shapes), max_size=len(shapes))))
+    ws = sorted(draw(st.lists(weight_values, min_size=len(shapes), max_size=len(shapes))))
     steps: list[dict[str, Any]] = []
     for i, shape in enumerate(shapes):
         if shape == "setWeight":
@@ -508,11 +529,11 @@ def rollout_steps(draw: st.DrawFn) -> list[dict[str, Any]]:
 def friction_rules(draw: st.DrawFn) -> dict[str, Any]:
     rules: dict[str, Any] = {}
     if draw(st.booleans()):
-        rules["maxFirstWeight"] = draw(st.integers(1, 100))
+        rules["maxFirstWeight"] = draw(st.one_of(st.sampled_from([1, 10, 50, 99, 100]), st.integers(1, 100)))
     if draw(st.booleans()):
         rules["minSteps"] = draw(st.integers(1, 20))
     if draw(st.booleans()):
-        rules["minBake"] = draw(st.integers(0, 3600))
+        rules["minBake"] = draw(st.one_of(st.sampled_from([0, 1, 60, 300, 600]), st.integers(0, 3600)))
     if draw(st.booleans()):
         rules["approvals"] = {
             "count": draw(st.integers(1, 4)),
@@ -598,7 +619,29 @@ def metric_covers(plan_metric: MetricSpec, wanted: MetricSpec) -> bool:
 @given(steps=rollout_steps(), metrics=own_metrics, policies=policy_sets(), ai=st.booleans())
 def test_never_looser_than_any_matching_policy(steps, metrics, policies, ai) -> None:
     spec = make_spec(steps, metrics)
-    plan = compute_effective_plan(spec, policies, ai)
+    assert_never_looser_than_policies(compute_effective_plan(spec, policies, ai), policies, ai)
+
+
+@PROPS
+@given(steps=rollout_steps(), data=st.data())
+def test_never_looser_than_a_policy_at_the_rollouts_own_boundaries(steps, data) -> None:
+    """Rules drawn right at (and one off) the Rollout's own first weight, pauses and step count."""
+    spec = make_spec(steps)
+    own = own_plan(spec)
+    first = next((x.set_weight for x in own if x.kind == "setWeight" and (x.set_weight or 0) > 0), 50)
+    pauses = [x.pause_seconds for x in own if x.kind == "pause" and x.pause_seconds is not None] or [60.0]
+    count = len({x.set_weight for x in own if x.kind == "setWeight" and (x.set_weight or 0) > 0})
+    off = st.sampled_from([-1, 0, 1])
+    rules = {
+        "maxFirstWeight": min(100, max(1, (first or 50) + data.draw(off))),
+        "minBake": max(0.0, data.draw(st.sampled_from(pauses)) + data.draw(off)),
+        "minSteps": min(20, max(1, count + data.draw(off))),
+    }
+    policies = [make_policy("edge", rules)]
+    assert_never_looser_than_policies(compute_effective_plan(spec, policies, False), policies, False)
+
+
+def assert_never_looser_than_policies(plan: EffectivePlan, policies: list[NamedPolicy], ai: bool) -> None:
     s = plan.steps
     exp = exposures(s)
     distinct = {s[i].set_weight for i in exp}

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import urllib3
 from kubernetes import client, config
@@ -19,8 +20,6 @@ from kubernetes.client.exceptions import ApiException
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
 from controlled_friction import names
-
-T = TypeVar("T")
 
 
 class Conflict(Exception):
@@ -45,7 +44,7 @@ _retry = retry(
 )
 
 
-def _call(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     try:
         return _retry(fn)(*args, **kwargs)
     except ApiException as exc:
@@ -75,12 +74,16 @@ def load_api_client(kubeconfig: str | None = None, context: str | None = None) -
     """In-cluster config when running in a pod, else the kubeconfig (flag, $KUBECONFIG, ~/.kube/config)."""
     if kubeconfig is None and context is None:
         try:
-            config.load_incluster_config()
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
             return client.ApiClient()
         except config.ConfigException:
             pass
     cfg = client.Configuration()
-    config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+    # $KUBECONFIG is read here, not at import time, so a caller may set it late.
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or None
+    config.load_kube_config(  # type: ignore[no-untyped-call]
+        config_file=kubeconfig, context=context, client_configuration=cfg
+    )
     return client.ApiClient(cfg)
 
 
@@ -94,7 +97,7 @@ class Kube:
         self.core = client.CoreV1Api(self.api)
 
     def _dict(self, obj: Any) -> dict[str, Any]:
-        return self.api.sanitize_for_serialization(obj)  # type: ignore[no-any-return]
+        return self.api.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
 
     # ------------------------------------------------------------ rollouts
 
@@ -172,7 +175,7 @@ class Kube:
 
     def namespace_labels(self, namespace: str) -> dict[str, str]:
         ns = _call(self.core.read_namespace, namespace)
-        return dict(ns.metadata.labels or {})
+        return dict((ns.metadata.labels if ns.metadata else None) or {})
 
     # ------------------------------------------------------------ deployments & services
 

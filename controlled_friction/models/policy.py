@@ -52,9 +52,8 @@ class FreezeWindow(SpecModel):
             raise ValueError(f"freeze window {self.name!r}: needs start and end, with end after start")
         if weekly and (not self.days or self.start_time is None or self.end_time is None):
             raise ValueError(f"freeze window {self.name!r}: weekly windows need days, startTime, endTime")
-        if weekly and self.end_time is not None and self.start_time is not None:
-            if self.end_time <= self.start_time:
-                raise ValueError(f"freeze window {self.name!r}: endTime must be after startTime")
+        if weekly and self.end_time is not None and self.start_time is not None and self.end_time <= self.start_time:
+            raise ValueError(f"freeze window {self.name!r}: endTime must be after startTime")
         return self
 
 

@@ -43,6 +43,12 @@ def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     log.info("operator started", tick_seconds=TICK_SECONDS, webhooks=RUN.webhook_mode, peering=RUN.peering)
 
 
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    # kopf's own client-library login reads $KUBECONFIG at import time; `run --kubeconfig` sets it later.
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.index(names.GROUP, names.VERSION, names.POLICY_PLURAL)
 def policy_index(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any]]:
     return {name: dict(spec)}
@@ -59,7 +65,7 @@ def _first(store: kopf.Store[Any] | None) -> Any:
     return None
 
 
-@kopf.timer(names.GROUP, names.VERSION, names.ROLLOUT_PLURAL, interval=TICK_SECONDS, initial_delay=0)
+@kopf.timer(names.GROUP, names.VERSION, names.ROLLOUT_PLURAL, interval=TICK_SECONDS, initial_delay=0)  # type: ignore[arg-type]
 def tick(
     body: kopf.Body,
     namespace: str,
@@ -91,7 +97,7 @@ def tick(
     )
 
 
-@kopf.on.event(names.GROUP, names.VERSION, names.ROLLOUT_PLURAL)
+@kopf.on.event(names.GROUP, names.VERSION, names.ROLLOUT_PLURAL)  # type: ignore[arg-type]
 def forget_deleted(type: str, namespace: str, name: str, **_: Any) -> None:
     if type == "DELETED":
         metrics.forget(namespace, name)

@@ -22,7 +22,6 @@ def run(
     health_port: int | None = 8081,
     verbose: bool = False,
 ) -> None:
-    logs.configure(verbose)
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
     RUN.peering, RUN.priority = peering, priority
@@ -31,6 +30,7 @@ def run(
     from controlled_friction.operator import handlers  # noqa: F401  (registers the handlers)
 
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_prefix=False)
+    logs.configure(verbose)  # after kopf: one JSON handler on the root logger, not two
     kopf.run(
         clusterwide=True,
         standalone=peering is None,

@@ -31,7 +31,9 @@ class RunSettings:
 
         if self.key_file:
             return Path(self.key_file).read_bytes().strip()
-        return signing_key.load_or_create_key(namespace=self.webhook_namespace)
+        from kubernetes import client
+
+        return signing_key.load_or_create_key(namespace=self.webhook_namespace, api=client.CoreV1Api(kube.api))
 
     def webhook_options(self) -> dict[str, Any]:
         from controlled_friction import certs

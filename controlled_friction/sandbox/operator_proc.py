@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -88,7 +89,8 @@ class OperatorProcess:
             if not self.alive():
                 raise RuntimeError(f"operator exited; log:\n{self.tail()}")
             out = cluster.kubectl("get", "mutatingwebhookconfigurations", "-o", "name", check=False).stdout
-            if "controlled-friction" in out:
+            # The configuration may be left over from an earlier run: also wait for our server to listen.
+            if "controlled-friction" in out and _listening(self.webhook_port):
                 return
             time.sleep(0.5)
         raise TimeoutError(f"webhook not registered after {timeout}s; log:\n{self.tail()}")
@@ -98,6 +100,14 @@ class OperatorProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def remove_webhook_configurations() -> None:
