@@ -37,7 +37,8 @@ CATEGORY = "controlled-friction"
 # Durations: what `parse_duration` accepts, as an RE2 pattern. A pattern only constrains strings, so
 # plain integers (seconds) still pass; the 7-day ceiling is left to the operator's validation.
 DURATION_PATTERN = r"^(([0-9]+(\.[0-9]+)?(ms|s|m|h))+|[0-9]+(\.[0-9]+)?)$"
-DURATION_HINT = "Duration such as '30s', '2m', '1h30m', or a number of seconds."
+# The API server takes integers or strings here, so fractions of a second need a string ('1.5s').
+DURATION_HINT = "Duration such as '30s', '2m', '1h30m', '1.5s', or a whole number of seconds."
 
 # Keys a structural schema node may carry after conversion (and their order in the YAML).
 _KEY_ORDER = (
