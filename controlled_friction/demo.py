@@ -24,7 +24,7 @@ from controlled_friction.revision import revision_of
 from controlled_friction.sandbox import cluster
 from controlled_friction.sandbox.operator_proc import OperatorProcess, install_crds
 
-console = Console(highlight=False)
+console = Console(highlight=False, soft_wrap=True)
 POLICY = "demo-critical-services"
 
 
@@ -155,8 +155,8 @@ def _story(tl: Timeline, sim_url: str) -> int:
     kube = Kube(load_api_client(str(cluster.kubeconfig_path("admin"))))
     ns = f"shop-{uuid.uuid4().hex[:4]}"
     cluster.kubectl("create", "namespace", ns)
-    console.rule(f"setup: dave deploys checkout v1 into {ns}")
-    ok, out = as_user("dave", "apply", "-f", "-", stdin=yaml.safe_dump(rollout(ns, "shop/checkout:1")))
+    console.rule(f"setup: carol deploys checkout v1 into {ns}")
+    ok, out = as_user("carol", "apply", "-f", "-", stdin=yaml.safe_dump(rollout(ns, "shop/checkout:1")))
     if not ok:
         raise RuntimeError(out)
     wait_until(kube, ns, tl, lambda o: (o.get("status") or {}).get("phase") == "Healthy", 120, "v1 stable")
@@ -164,12 +164,13 @@ def _story(tl: Timeline, sim_url: str) -> int:
     console.rule("(a) a good release of a critical service")
     good = rollout(ns, "shop/checkout:2")
     rev = revision_of(good["spec"]["template"])
-    as_user("dave", "apply", "-f", "-", stdin=yaml.safe_dump(good))
-    tl.say(f"dave applied revision {rev}")
+    as_user("carol", "apply", "-f", "-", stdin=yaml.safe_dump(good))
+    tl.say(f"carol (a senior engineer) applied revision {rev}: she is its author")
     wait_until(kube, ns, tl, lambda o: (o.get("status") or {}).get("phase") == "AwaitingApproval", 180, "the gate")
-    ok, out = as_user("dave", "annotate", "rollout", "checkout", "-n", ns, f"{names.ANN_APPROVE}={rev}")
-    tl.say(f"dave (the author) tries to approve: {'accepted?!' if ok else 'rejected'} — {out.splitlines()[-1]}",
-           "red" if ok else "yellow")
+    for user, who in (("carol", "the author"), ("dave", "not a senior engineer")):
+        ok, out = as_user(user, "annotate", "rollout", "checkout", "-n", ns, f"{names.ANN_APPROVE}={rev}")
+        tl.say(f"{user} ({who}) tries to approve: {'accepted?!' if ok else 'refused'} — {out.splitlines()[-1]}",
+               "red" if ok else "yellow")
     for user in ("alice", "bob"):
         ok, out = as_user(user, "annotate", "rollout", "checkout", "-n", ns, f"{names.ANN_APPROVE}={rev}")
         tl.say(f"{user} approves {rev}: {'recorded' if ok else out}", "green" if ok else "red")
@@ -182,8 +183,8 @@ def _story(tl: Timeline, sim_url: str) -> int:
     bad = rollout(ns, "shop/checkout:3", **{"order-drop": "0.99"})
     bad_rev = revision_of(bad["spec"]["template"])
     lost_before = lost_orders(sim_url, ns) or 0.0
-    as_user("dave", "apply", "-f", "-", stdin=yaml.safe_dump(bad))
-    tl.say(f"dave applied revision {bad_rev} (simulated: loses 99% of its orders)")
+    as_user("carol", "apply", "-f", "-", stdin=yaml.safe_dump(bad))
+    tl.say(f"carol applied revision {bad_rev} (simulated: loses 99% of its orders)")
     wait_until(kube, ns, tl, lambda o: (o.get("status") or {}).get("canaryWeight", 0) > 0, 120, "canary traffic")
     t_traffic = time.monotonic()
     obj = wait_until(kube, ns, tl, lambda o: (o.get("status") or {}).get("phase") == "RolledBack", 300, "rollback")

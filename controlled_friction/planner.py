@@ -268,13 +268,13 @@ def count_approvals(
     return ApprovalCount(counted, not missing, summary, "; ".join(missing))
 
 
-def invalid(status: RolloutStatus, message: str, generation: int, now: datetime) -> Decision:
-    """A spec that cannot be acted on: say why, touch no workload."""
+def invalid(status: RolloutStatus, message: str, generation: int, now: datetime, *, what: str = "spec") -> Decision:
+    """A rollout that cannot be acted on: say why, touch no workload."""
     new = status.model_copy(deep=True)
     actions: list[Action] = []
-    text = f"invalid spec: {message}"
+    text = f"invalid {what}: {message}"
     if new.phase != "Invalid" or new.message != text:
-        actions.append(RecordEvent("Warning", "InvalidSpec", text))
+        actions.append(RecordEvent("Warning", "InvalidSpec" if what == "spec" else "InvalidPolicy", text))
     new.phase = "Invalid"
     new.message = text
     new.observed_generation = generation

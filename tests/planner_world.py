@@ -6,7 +6,7 @@ Every tick round-trips the status through its wire form, as a restarted operator
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -86,20 +86,22 @@ class World:
             annotations=dict(self.annotations),
             spec=self.spec,
             status=status,
-            obs=Observations(
-                stable=self.stable,
-                canary=self.canary,
-                namespace_labels=self.namespace_labels,
-                policies=self.policies,
-                approvals=tuple(ApprovalObs(a, verify(a, KEY)) for a in self.approvals),
-                measurements=measurements,
-            ),
+            obs=replace(self.last_observations(), measurements=measurements),
             now=self.now,
         )
         decision = plan(inp)
         self.apply(decision)
         self.last = decision
         return decision
+
+    def last_observations(self) -> Observations:
+        return Observations(
+            stable=self.stable,
+            canary=self.canary,
+            namespace_labels=self.namespace_labels,
+            policies=self.policies,
+            approvals=tuple(ApprovalObs(a, verify(a, KEY)) for a in self.approvals),
+        )
 
     def apply(self, decision: Decision) -> None:
         self.status = decision.status

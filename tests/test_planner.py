@@ -241,3 +241,31 @@ def test_unknown_action_is_reported_and_cleared():
     w.annotations[names.ANN_ACTION] = "yolo"
     d = w.tick()
     assert any(e.reason == "UnknownAction" for e in d.events())
+
+
+def test_analysis_step_needs_time_and_a_passing_measurement_in_the_step():
+    steps = [{"setWeight": 20}, {"analysis": {"metrics": ["errors"], "duration": "30s"}}]
+    w = deployed(steps, metrics=[ERRORS])
+    w.tick()
+    w.tick(passing("errors"), advance=1)  # a pass before the step started does not count
+    assert w.status.current_step_index == 1
+    w.tick(advance=31)
+    assert w.status.current_step_index == 1 and "holding" in w.status.message
+    w.tick(passing("errors"), advance=2)
+    assert w.status.current_step_index == 2
+
+
+def test_service_is_created_when_named_and_missing():
+    from dataclasses import replace
+
+    from controlled_friction.models.rollout import RolloutSpec
+    from controlled_friction.planner import EnsureService, RolloutInput, plan
+
+    w = World(spec([{"setWeight": 20}]))
+    with_service = RolloutSpec.model_validate({**w.spec.wire(), "service": {"name": "checkout", "port": 80}})
+    w.spec = with_service
+    d = w.tick()
+    assert EnsureService("checkout", 80, 8080, {"app": "checkout"}) not in d.actions  # World says it exists
+    inp = RolloutInput("shop", "checkout", 1, {}, {}, with_service, w.status,
+                       replace(w.last_observations(), service_exists=False), w.now)
+    assert EnsureService("checkout", 80, 8080, {"app": "checkout"}) in plan(inp).actions

@@ -142,8 +142,8 @@ def reconcile(
             held = [f"policy {n} is invalid ({msg})" for n, sel, msg in policies.invalid
                     if sel is None or sel.matches(meta.get("labels") or {}, namespace_labels)]
             if held:
-                decision = invalid(status, "; ".join(held) + " — fix the policy to continue",
-                                   int(meta.get("generation") or 0), now)
+                decision = invalid(status, "; ".join(held) + " — held until the policy is fixed",
+                                   int(meta.get("generation") or 0), now, what="policy")
             else:
                 if measurements is None:
                     measurements = _measure(ctx, spec, status, policies, meta, now)

@@ -31,6 +31,9 @@ from .waiting import wait_for
 def sandbox() -> Iterator[SandboxInfo]:
     was_running = any(st["running"] for st in cluster.status().values())
     info = cluster.up(quiet=False)
+    # A stopped operator leaves its fail-closed webhook configurations behind (by design); tests that
+    # need webhooks start their own operator, which registers them again.
+    remove_webhook_configurations()
     yield info
     if not was_running and os.environ.get("CF_SANDBOX_KEEP") != "1":
         cluster.down(quiet=True)
@@ -73,6 +76,7 @@ def operator(sandbox: SandboxInfo) -> Iterator[OperatorProcess]:
     yield op
     op.stop()
     remove_webhook_configurations()
+    cluster.kubectl("delete", "frictionpolicy", rollouts.POLICY, "--ignore-not-found", check=False)
 
 
 @pytest.fixture

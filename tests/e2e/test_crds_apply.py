@@ -75,10 +75,13 @@ def _dry_run(obj: dict[str, Any]) -> Any:
                    stdin=json.dumps(obj), check=False)
 
 
-def _explain(path: str) -> str:
-    """`kubectl explain` output, or "" while the server has not published the schema yet."""
-    proc = kubectl("explain", path, check=False)
-    return proc.stdout if proc.returncode == 0 else ""
+def _explained(path: str, *needles: str) -> str:
+    """`kubectl explain` output once it mentions every needle. The API server publishes a CRD's
+    OpenAPI (and a changed description) a moment after the CRD is established or updated."""
+    def ready() -> str:
+        proc = kubectl("explain", path, check=False)
+        return proc.stdout if proc.returncode == 0 and all(n in proc.stdout for n in needles) else ""
+    return wait_for(ready, timeout=60, message=f"kubectl explain {path} mentioning {needles}")
 
 
 # ---------------------------------------------------------------- the CRDs themselves
@@ -101,20 +104,14 @@ def test_crds_are_established_and_structural(crds: None, kube: client.ApiClient)
 
 
 def test_kubectl_explain_shows_field_descriptions(crds: None) -> None:
-    # The API server publishes a new CRD's OpenAPI a moment after it is established.
-    out = wait_for(lambda: _explain("rollout.spec.strategy"), timeout=60, message="kubectl explain rollout")
-    assert "How a new revision is rolled out." in out
-    assert "canary" in out and "Canary plan." in out
-
-    pause = kubectl("explain", "rollouts.spec.strategy.canary.steps.pause.duration").stdout
-    assert "Omit to wait for a `promote` action" in pause and "Duration such as '30s'" in pause
-
-    phase = kubectl("explain", "cfro.status.phase").stdout
-    assert "AwaitingApproval" in phase
-
-    policy = wait_for(lambda: _explain("fpol.spec.rules.approvals"), timeout=60, message="kubectl explain fpol")
-    assert "Approval gate required before the canary grows past its first step." in policy
-    assert "approverGroups" in policy and "Groups whose members may approve." in policy
+    out = _explained("rollout.spec.strategy", "How a new revision is rolled out.", "canary", "Canary plan.")
+    assert "FIELD: strategy" in out or "RESOURCE: strategy" in out
+    _explained("rollouts.spec.strategy.canary.steps.pause.duration",
+               "Omit to wait for a `promote` action", "Duration such as '30s'")
+    _explained("cfro.status.phase", "AwaitingApproval")
+    _explained("fpol.spec.rules.approvals",
+               "Approval gate required before the canary grows past its first step.",
+               "approverGroups", "Groups whose members may approve.")
 
 
 # ---------------------------------------------------------------- validation and defaults

@@ -28,9 +28,11 @@ pytestmark = pytest.mark.e2e
 QUICK = [{"setWeight": 20}, {"pause": {"duration": "4s"}}, {"setWeight": 50}, {"pause": {"duration": "4s"}}]
 
 
-def _stable_v1(ns: str, **kw) -> dict:
+def _stable_v1(ns: str, service: bool = False, **kw) -> dict:
     kube = admin()
     v1 = rollout(ns, "shop/app:1", QUICK, **kw)
+    if service:
+        v1["spec"]["service"] = {"name": "checkout", "port": 80, "targetPort": 8080}
     apply_as("dave", v1)
     wait_phase(kube, ns, "Healthy", revision_=revision(v1))
     return v1
@@ -38,8 +40,11 @@ def _stable_v1(ns: str, **kw) -> dict:
 
 def test_non_critical_release_goes_to_100_without_approval(live_operator: OperatorProcess, namespace: str):
     kube = admin()
-    _stable_v1(namespace, metrics=[ERRORS])
+    _stable_v1(namespace, service=True, metrics=[ERRORS])
+    svc = kube.core.read_namespaced_service("checkout", namespace)
+    assert svc.spec.selector == {"app": "checkout"}  # both tracks behind one Service
     v2 = rollout(namespace, "shop/app:2", QUICK, metrics=[ERRORS])
+    v2["spec"]["service"] = {"name": "checkout", "port": 80, "targetPort": 8080}
     apply_as("dave", v2)
     wait_for(lambda: status(kube, namespace).get("canaryWeight") == 20, 60, message="canary at 20%")
     canary = deployment(kube, namespace, "canary")

@@ -1,0 +1,446 @@
+"""How fast does the planner roll back a bad canary, and how often does it roll back a good one?
+
+    .venv/bin/python -m benchmarks.detection [--runs 10] [--timeout 90] [--healthy-seconds 120] [--json PATH]
+
+One real Prometheus (Debian's /usr/bin/prometheus) scrapes one traffic simulator every 2 s. Every
+trial is its own service (stable 4 replicas + canary 1 = 20% weight, revisions unique per trial),
+driven by the real planner through `benchmarks.world.LiveRollout`, with measurements from the real
+Prometheus through the operator's `measure`. After a warm-up (canary at 20% for a full rate window
+plus two scrapes, and the latest measurement of every metric passing) the canary's fault profile
+is switched at a random instant (the fault onset); the trial records the wall time until the
+planner's Decision has phase RolledBack. Healthy trials never get a fault and count rollbacks.
+
+Scenarios: hard-5xx (canary answers 100% 5xx), hard-orders (canary loses 99% of orders), soft-5xx
+(canary 2% 5xx vs stable 0.5%), healthy (both 0.5% 5xx noise). Target: hard faults p95 <= 15 s.
+The benchmark prints whether the target was met; it never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from benchmarks.world import LiveRollout, app_template, prometheus_version, running_prometheus
+from controlled_friction.adapters.prometheus import PrometheusClient
+from controlled_friction.models.rollout import RolloutSpec
+from controlled_friction.names import TRACK_CANARY
+from controlled_friction.planner import canary_replicas
+from controlled_friction.sandbox.simulator import StaticSource, serve
+from controlled_friction.sandbox.traffic import CODE_FAULT, FaultProfile, SeriesKey, TrafficConfig, TrafficModel
+
+NAMESPACE = "bench"
+STABLE_REPLICAS = 4
+CANARY_WEIGHT = 20
+BASE_ERROR_RATE = 0.005  # stable's 5xx share (the simulator's healthy noise), also the canary's baseline
+SOFT_CANARY_ERROR = 0.02
+HARD_TARGET_P95 = 15.0
+SCRAPE_INTERVAL = 2.0
+OPERATOR_TICK = 2.0  # the operator's kopf timer interval (CF_TICK_SECONDS default)
+STEPS: list[dict[str, Any]] = [{"setWeight": CANARY_WEIGHT}, {"pause": {"duration": "10m"}}]
+ANALYSIS: dict[str, Any] = {
+    "interval": "2s",
+    "window": "20s",
+    "metrics": [
+        {"name": "error-ratio", "kind": "errorRatio", "maxRatio": 0.05, "maxIncreaseOverStable": 0.01},
+        {"name": "orders", "kind": "orderRateDrop", "maxDrop": 0.3},
+    ],
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    faults: FaultProfile | None  # None: healthy, never injected
+    hard: bool
+    what: str
+
+
+SCENARIOS = (
+    Scenario("hard-5xx", FaultProfile(error_rate=1.0), True, "canary answers 100% 5xx"),
+    Scenario("hard-orders", FaultProfile(order_drop=0.99), True, "canary loses 99% of orders"),
+    # The simulator fails a request with probability base + error_rate, so +1.5% gives 2% vs 0.5%.
+    Scenario(
+        "soft-5xx",
+        FaultProfile(error_rate=SOFT_CANARY_ERROR - BASE_ERROR_RATE),
+        False,
+        f"canary {SOFT_CANARY_ERROR:.1%} 5xx vs stable {BASE_ERROR_RATE:.1%}",
+    ),
+    Scenario("healthy", None, False, f"no fault; both tracks {BASE_ERROR_RATE:.1%} 5xx noise"),
+)
+Outcome = Literal["detected", "missed", "survived", "false-rollback", "warmup-rollback", "warmup-timeout", "error"]
+
+
+def rollout_spec(name: str) -> RolloutSpec:
+    return RolloutSpec.model_validate(
+        {
+            "replicas": STABLE_REPLICAS,
+            "selector": {"matchLabels": {"app": name}},
+            "template": app_template(name, "1"),
+            "strategy": {"canary": {"steps": STEPS}},
+            "analysis": ANALYSIS,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class Settings:
+    runs: int
+    timeout: float
+    healthy_seconds: float
+    warmup_timeout: float
+    concurrency: int
+    rate: float
+    tick: float
+    seed: int | None
+    verbose: bool
+
+
+@dataclass
+class TrialResult:
+    scenario: str
+    run: int
+    service: str
+    outcome: Outcome = "error"
+    warmup_s: float | None = None  # canary start -> warm
+    detect_s: float | None = None  # fault onset -> Decision with phase RolledBack
+    first_fail_s: float | None = None  # fault onset -> first tick with a failing measurement
+    observed_s: float | None = None  # healthy: time observed after warm-up
+    message: str = ""  # the rollback message, or why the trial ended otherwise
+    fault_5xx: int = 0  # requests the canary answered 500 because of its fault (blast radius)
+    lost_orders: int = 0  # orders the canary lost to its fault (blast radius)
+    measure_s: list[float] = field(default_factory=list)  # duration of each Prometheus round
+
+
+# ---------------------------------------------------------------- one trial
+
+
+def run_trial(scenario: Scenario, run: int, s: Settings, source: StaticSource, model: TrafficModel,
+              prometheus_url: str) -> TrialResult:
+    service = f"{scenario.name}-{run:02d}"
+    result = TrialResult(scenario.name, run, service)
+    rng = random.Random(None if s.seed is None else f"{s.seed}/{service}")
+    rollout = LiveRollout(
+        namespace=NAMESPACE,
+        name=service,
+        spec=rollout_spec(service),
+        source=source,
+        client=PrometheusClient(prometheus_url),
+        rate=s.rate,
+    )
+    window = rollout.spec.analysis.window
+    try:
+        time.sleep(rng.uniform(0, s.tick))  # spread the trials' ticks over the scrape cycle
+        for _ in range(5):  # the first revision goes straight to stable; instantly ready here
+            if rollout.tick().decision.status.phase == "Healthy":
+                break
+        else:
+            result.message = f"stable never became Healthy: {rollout.status.message}"
+            return result
+        rollout.set_template(app_template(service, "2"))
+        _drive(rollout, scenario, s, rng, window, result)
+    except Exception as exc:  # report it with the trial rather than losing the whole run
+        result.outcome, result.message = "error", f"{type(exc).__name__}: {exc}"
+    finally:
+        rollout.retire()
+        time.sleep(0.6)  # let the simulator's last ticks for this service land before counting
+        _blast_radius(model, rollout, result)
+    return result
+
+
+def _drive(rollout: LiveRollout, scenario: Scenario, s: Settings, rng: random.Random, window: float,
+           result: TrialResult) -> None:
+    started = time.monotonic()
+    at_weight: float | None = None  # when the canary reached its weight
+    warm_at: float | None = None
+    inject_at: float | None = None
+    onset: float | None = None
+    next_tick = time.monotonic()
+    while True:
+        wake = next_tick if inject_at is None or onset is not None else min(next_tick, inject_at)
+        time.sleep(max(0.0, wake - time.monotonic()))
+        if inject_at is not None and onset is None and time.monotonic() >= inject_at:
+            assert scenario.faults is not None
+            rollout.set_canary_faults(scenario.faults)
+            onset = time.monotonic()
+            continue
+        tick = rollout.tick()
+        next_tick = tick.finished + s.tick  # a kopf timer counts its interval from the handler's end
+        if tick.measure_seconds is not None:
+            result.measure_s.append(round(tick.measure_seconds, 4))
+        st = tick.decision.status
+        if onset is not None and result.first_fail_s is None and any(m.verdict == "fail" for m in tick.measurements):
+            result.first_fail_s = tick.finished - onset
+        if st.phase == "RolledBack":
+            result.message = st.message
+            if onset is not None:
+                result.outcome, result.detect_s = "detected", tick.finished - onset
+            elif warm_at is not None and scenario.faults is None:
+                result.outcome, result.observed_s = "false-rollback", tick.finished - warm_at
+            else:
+                result.outcome = "warmup-rollback"
+            return
+        if at_weight is None and st.canary_weight >= CANARY_WEIGHT:
+            at_weight = tick.finished
+        if warm_at is None:
+            last = [m.last for m in st.analysis.metrics]
+            passing = len(last) == len(ANALYSIS["metrics"]) and all(m and m.verdict == "pass" for m in last)
+            if at_weight is not None and tick.finished - at_weight >= window + 2 * SCRAPE_INTERVAL and passing:
+                warm_at = tick.finished
+                result.warmup_s = warm_at - at_weight
+                if scenario.faults is not None:
+                    inject_at = warm_at + rng.uniform(0, s.tick)  # a random phase against scrapes and ticks
+            elif tick.finished - started > s.warmup_timeout:
+                result.outcome, result.message = "warmup-timeout", f"not warm after {s.warmup_timeout:g}s: {st.message}"
+                return
+        elif scenario.faults is None and tick.finished - warm_at >= s.healthy_seconds:
+            result.outcome, result.observed_s, result.message = "survived", tick.finished - warm_at, st.message
+            return
+        if onset is not None and tick.finished - onset > s.timeout:
+            result.outcome, result.message = "missed", f"no rollback {s.timeout:g}s after onset: {st.message}"
+            return
+
+
+def _blast_radius(model: TrafficModel, rollout: LiveRollout, result: TrialResult) -> None:
+    revision = rollout.status.canary_revision
+    if revision is None:
+        return
+    counters = model.snapshot().series.get(SeriesKey(NAMESPACE, rollout.service, TRACK_CANARY, revision))
+    if counters is not None:
+        result.fault_5xx = counters.requests.get(CODE_FAULT, 0)
+        result.lost_orders = counters.lost_orders
+
+
+# ---------------------------------------------------------------- statistics
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """Linear interpolation between order statistics (numpy's default); inf stands for "not detected"."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    pos = (len(ordered) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    a, b = ordered[lo], ordered[hi]
+    frac = pos - lo
+    return a if frac == 0 or a == b else a + (b - a) * frac
+
+
+def seconds(value: float, timeout: float) -> str:
+    if math.isnan(value):
+        return "-"
+    return f">{timeout:g}" if math.isinf(value) else f"{value:.1f}"
+
+
+def summarise(results: list[TrialResult], s: Settings) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for sc in SCENARIOS:
+        rows = [r for r in results if r.scenario == sc.name]
+        if sc.faults is None:
+            observed = sum(r.observed_s or 0.0 for r in rows if r.outcome in ("survived", "false-rollback"))
+            false = [r for r in rows if r.outcome == "false-rollback"]
+            judged = [r for r in rows if r.outcome in ("survived", "false-rollback")]
+            out[sc.name] = {
+                "runs": len(rows),
+                "judged": len(judged),
+                "false_rollbacks": len(false),
+                "false_rollback_fraction": len(false) / len(judged) if judged else None,
+                "observed_canary_seconds": observed,
+                "false_rollbacks_per_canary_hour": len(false) / (observed / 3600) if observed else None,
+                "reasons": [r.message for r in false],
+            }
+            continue
+        injected = [r for r in rows if r.outcome in ("detected", "missed")]
+        times = [r.detect_s if r.detect_s is not None else math.inf for r in injected]
+        first = [r.first_fail_s for r in injected if r.first_fail_s is not None]
+        out[sc.name] = {
+            "runs": len(rows),
+            "injected": len(injected),
+            "detected": sum(r.outcome == "detected" for r in rows),
+            "median_s": quantile(times, 0.5),
+            "p95_s": quantile(times, 0.95),
+            "max_s": max(times, default=math.nan),
+            "first_fail_median_s": statistics.median(first) if first else math.nan,
+            "fault_5xx_median": statistics.median([r.fault_5xx for r in injected]) if injected else None,
+            "lost_orders_median": statistics.median([r.lost_orders for r in injected]) if injected else None,
+            "hard": sc.hard,
+        }
+    return out
+
+
+# ---------------------------------------------------------------- output
+
+
+def parameters(s: Settings, config: TrafficConfig) -> list[str]:
+    a = rollout_spec("x").analysis
+    canary = canary_replicas(STABLE_REPLICAS, CANARY_WEIGHT)
+    metrics = "; ".join(
+        f"{m['name']} ({m['kind']}: " + ", ".join(f"{k} {v}" for k, v in m.items() if k not in ("name", "kind")) + ")"
+        for m in ANALYSIS["metrics"]
+    )
+    return [
+        f"Prometheus: {prometheus_version()}, scrape interval {SCRAPE_INTERVAL:g}s",
+        f"Rollout: stable {STABLE_REPLICAS} replicas + canary {canary} (weight {CANARY_WEIGHT}%), steps "
+        f"[setWeight {CANARY_WEIGHT}, pause 10m]",
+        f"Analysis: interval {a.interval:g}s, window {a.window:g}s, failureLimit {a.failure_limit}, "
+        f"inconclusiveLimit {a.inconclusive_limit}, errorLimit {a.error_limit}, minRequests {a.min_requests}",
+        f"Metrics: {metrics}",
+        f"Planner tick: every {s.tick:g}s after the previous one ends (the operator's timer); Deployments "
+        "ready at once (no API server, no pod start-up: analysis latency only)",
+        f"Traffic: {s.rate:g} req/s per service, base 5xx {config.base_error_rate:.1%} on every track, "
+        f"order probability {config.order_probability:g} per successful request",
+        f"Runs: {s.runs} per scenario, timeout {s.timeout:g}s after onset, healthy observed "
+        f"{s.healthy_seconds:g}s each after warm-up, {s.concurrency} trials at a time",
+    ]
+
+
+def render(summary: dict[str, Any], results: list[TrialResult], s: Settings) -> list[str]:
+    lines = []
+    head = (
+        f"{'scenario':<12} {'runs':>4} {'detected':>9} {'median s':>9} {'p95 s':>7} {'max s':>7} "
+        f"{'1st fail s':>10} {'5xx served':>10} {'orders lost':>11}"
+    )
+    lines += [head, "-" * len(head)]
+    for sc in SCENARIOS:
+        row = summary[sc.name]
+        if sc.faults is None:
+            continue
+        fraction = f"{row['detected']}/{row['injected']}" if row["injected"] else "0/0"
+        lines.append(
+            f"{sc.name:<12} {row['runs']:>4} {fraction:>9} {seconds(row['median_s'], s.timeout):>9} "
+            f"{seconds(row['p95_s'], s.timeout):>7} {seconds(row['max_s'], s.timeout):>7} "
+            f"{seconds(row['first_fail_median_s'], s.timeout):>10} "
+            f"{_num(row['fault_5xx_median']):>10} {_num(row['lost_orders_median']):>11}"
+        )
+    lines.append("(median / p95 / max over injected runs, a miss counting as longer than the timeout; "
+                 "5xx served and orders lost: medians per trial, canary only)")
+    h = summary["healthy"]
+    minutes = h["observed_canary_seconds"] / 60
+    rate = h["false_rollbacks_per_canary_hour"]
+    lines.append("")
+    lines.append(
+        f"healthy: {h['false_rollbacks']} false rollback(s) in {h['judged']} healthy canaries observed "
+        f"{minutes:.1f} canary-minutes in all"
+        + (f" ({h['false_rollback_fraction']:.0%} of canaries; {rate:.2f} per canary-hour)" if h["judged"] else "")
+    )
+    for reason in h["reasons"]:
+        lines.append(f"  rolled back: {reason}")
+    early = [r for r in results if r.outcome in ("warmup-rollback", "warmup-timeout", "error")]
+    lines.append(
+        f"before any fault: {sum(r.outcome == 'warmup-rollback' for r in early)} rollback(s) during warm-up, "
+        f"{sum(r.outcome == 'warmup-timeout' for r in early)} warm-up timeout(s), "
+        f"{sum(r.outcome == 'error' for r in early)} error(s) in {len(results)} trials"
+    )
+    for r in early:
+        lines.append(f"  {r.service}: {r.outcome}: {r.message}")
+    rounds = [x for r in results for x in r.measure_s]
+    warm = [r.warmup_s for r in results if r.warmup_s is not None]
+    if rounds:
+        lines.append(
+            f"Prometheus round (both metrics, 6 queries): median {statistics.median(rounds) * 1000:.0f} ms, "
+            f"p95 {quantile(rounds, 0.95) * 1000:.0f} ms over {len(rounds)} rounds; warm-up median "
+            f"{statistics.median(warm) if warm else math.nan:.1f}s"
+        )
+    lines.append("")
+    for sc in SCENARIOS:
+        if sc.hard:
+            p95 = summary[sc.name]["p95_s"]
+            met = not math.isnan(p95) and p95 <= HARD_TARGET_P95
+            lines.append(
+                f"{sc.name}: p95 {seconds(p95, s.timeout)}s vs target <= {HARD_TARGET_P95:g}s: "
+                + ("target met" if met else "target missed")
+            )
+    return lines
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else "inf"
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- main
+
+
+def trial_order(runs: int) -> list[tuple[Scenario, int]]:
+    """Healthy trials first (they run longest), then the fault scenarios interleaved run by run."""
+    healthy = [(sc, i) for sc in SCENARIOS if sc.faults is None for i in range(runs)]
+    faulty = [(sc, i) for i in range(runs) for sc in SCENARIOS if sc.faults is not None]
+    return healthy + faulty
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.detection", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=int, default=10, help="trials per scenario (default 10)")
+    p.add_argument("--timeout", type=float, default=90.0, help="seconds after onset before a trial is a miss")
+    p.add_argument("--healthy-seconds", type=float, default=120.0, help="observation per healthy trial after warm-up")
+    p.add_argument("--warmup-timeout", type=float, default=120.0, help="seconds a trial may take to warm up")
+    p.add_argument("--concurrency", type=int, default=20, help="trials running at the same time")
+    p.add_argument("--rate", type=float, default=50.0, help="requests per second per service")
+    p.add_argument("--tick", type=float, default=OPERATOR_TICK, help="seconds between planner ticks")
+    p.add_argument("--seed", type=int, default=None, help="seed for the traffic and the onset jitter")
+    p.add_argument("--json", metavar="PATH", help="also write parameters, summary and every trial as JSON")
+    p.add_argument("--verbose", action="store_true", help="print each trial as it ends")
+    args = p.parse_args(argv)
+    if args.runs < 1 or args.concurrency < 1:
+        p.error("--runs and --concurrency must be at least 1")
+    if args.healthy_seconds + args.warmup_timeout >= 600:
+        p.error("--healthy-seconds + --warmup-timeout must stay below the 10m pause step")
+    s = Settings(args.runs, args.timeout, args.healthy_seconds, args.warmup_timeout, args.concurrency,
+                 args.rate, args.tick, args.seed, args.verbose)
+
+    config = TrafficConfig(rate=s.rate, base_error_rate=BASE_ERROR_RATE)
+    model = TrafficModel(config, seed=s.seed)
+    source = StaticSource()
+    order = trial_order(s.runs)
+    results: list[TrialResult] = []
+    started = time.monotonic()
+    print_lock = threading.Lock()
+    with serve(model, source) as sim, running_prometheus([sim.target], SCRAPE_INTERVAL) as prom:
+        header = parameters(s, config)
+        print("\n".join(header), flush=True)
+        print(f"running {len(order)} trials ...", file=sys.stderr, flush=True)
+        with ThreadPoolExecutor(max_workers=s.concurrency) as pool:
+            futures = [pool.submit(run_trial, sc, i, s, source, model, prom) for sc, i in order]
+            for fut in as_completed(futures):
+                r = fut.result()
+                results.append(r)
+                if s.verbose:
+                    with print_lock:
+                        took = r.detect_s if r.detect_s is not None else r.observed_s
+                        print(f"[{len(results)}/{len(order)}] {r.service}: {r.outcome}"
+                              + (f" after {took:.1f}s" if took is not None else "") + f": {r.message}",
+                              file=sys.stderr, flush=True)
+    results.sort(key=lambda r: (r.scenario, r.run))
+    summary = summarise(results, s)
+    print()
+    print("\n".join(render(summary, results, s)))
+    print(f"(wall time {time.monotonic() - started:.0f}s)")
+    if args.json:
+        doc = {"parameters": header, "settings": asdict(s), "summary": summary,
+               "trials": [asdict(r) for r in results]}
+        with open(args.json, "w") as f:
+            json.dump(_jsonable(doc), f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,250 @@
+"""A live world for benchmarks: the real planner, the traffic simulator and a real Prometheus.
+
+`LiveRollout` plays the operator's shell for one Rollout without a cluster: each `tick` asks
+`due_metrics` what to measure, measures it against Prometheus with the operator's own `measure`,
+runs `plan` and applies the Decision's Deployment actions to an in-memory world whose Deployments
+are ready at once. The world's Deployments are the simulator's tracks, so a rollback takes the
+canary out of the traffic on the next simulator tick. The status is round-tripped through its wire
+form every tick, as a restarted operator would read it.
+
+What it leaves out on purpose: the Kubernetes API (writes, watch latency) and pod start-up and
+termination. Numbers measured with it are the analysis loop's latency, not the cluster's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import requests
+import yaml
+
+from controlled_friction.adapters.prometheus import PrometheusClient, measure
+from controlled_friction.analysis import QueryContext, promql_duration
+from controlled_friction.models.rollout import Measurement, RolloutSpec, RolloutStatus
+from controlled_friction.names import TRACK_CANARY, TRACK_STABLE
+from controlled_friction.planner import (
+    ApplyDeployment,
+    Decision,
+    DeploymentObs,
+    Observations,
+    RolloutInput,
+    ScaleDeployment,
+    due_metrics,
+    plan,
+)
+from controlled_friction.sandbox.simulator import StaticSource
+from controlled_friction.sandbox.traffic import HEALTHY, FaultProfile, Track
+
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+
+
+# ---------------------------------------------------------------- Prometheus
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
+    """Poll `predicate` (exceptions count as "not yet") until it holds or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except Exception as exc:
+            last = exc
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}" + (f": {last!r}" if last else ""))
+
+
+def prometheus_version() -> str:
+    out = subprocess.run([PROMETHEUS, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    first = (out.stdout or out.stderr).splitlines()
+    return first[0] if first else "unknown"
+
+
+@contextlib.contextmanager
+def running_prometheus(targets: list[str], scrape_interval: float, startup_timeout: float = 60.0) -> Iterator[str]:
+    """A throwaway Prometheus scraping `targets`; yields its URL once every target was scraped up."""
+    interval = promql_duration(scrape_interval)
+    with tempfile.TemporaryDirectory(prefix="cf-bench-prom-") as tmp:
+        config = {
+            "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
+            # honor_labels: the simulator speaks for many services and sets their labels itself.
+            "scrape_configs": [{"job_name": "app", "honor_labels": True, "static_configs": [{"targets": targets}]}],
+        }
+        config_file, log_file = Path(tmp, "prometheus.yml"), Path(tmp, "prometheus.log")
+        config_file.write_text(yaml.safe_dump(config))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        url = f"http://127.0.0.1:{port}"
+        with open(log_file, "wb") as log:
+            proc = subprocess.Popen(
+                [
+                    PROMETHEUS,
+                    f"--config.file={config_file}",
+                    f"--storage.tsdb.path={tmp}/data",
+                    f"--web.listen-address=127.0.0.1:{port}",
+                    "--log.level=warn",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+
+            def scraped() -> bool:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"prometheus exited ({proc.returncode}): {log_file.read_text()[-2000:]}")
+                resp = requests.get(f"{url}/api/v1/targets", timeout=2)
+                active = resp.json()["data"]["activeTargets"]
+                return bool(active) and all(t.get("health") == "up" for t in active)
+
+            try:
+                wait_until(scraped, startup_timeout, "Prometheus to scrape its targets")
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}\nprometheus log:\n{log_file.read_text()[-2000:]}") from exc
+            yield url
+        finally:
+            proc.kill()  # throwaway data: no need for a clean TSDB shutdown
+            proc.wait(timeout=30)
+
+
+# ---------------------------------------------------------------- one rollout
+
+
+def app_template(name: str, version: str) -> dict[str, Any]:
+    """A pod template whose revision is unique per (name, version)."""
+    return {
+        "metadata": {"labels": {"app": name}},
+        "spec": {"containers": [{"name": "app", "image": f"bench/{name}:{version}"}]},
+    }
+
+
+@dataclass(frozen=True)
+class Tick:
+    decision: Decision
+    measurements: tuple[Measurement, ...]
+    measure_seconds: float | None  # wall time of the Prometheus round, None when nothing was due
+    finished: float  # time.monotonic() when the decision was applied
+
+
+class LiveRollout:
+    """One Rollout (service label = rollout name) driven by the real planner in real time."""
+
+    def __init__(
+        self,
+        *,
+        namespace: str,
+        name: str,
+        spec: RolloutSpec,
+        source: StaticSource,
+        client: PrometheusClient,
+        rate: float | None = None,
+    ) -> None:
+        self.namespace, self.name, self.spec = namespace, name, spec
+        self.source, self.client, self.rate = source, client, rate
+        self.status = RolloutStatus()
+        self.stable: DeploymentObs | None = None
+        self.canary: DeploymentObs | None = None
+        self.canary_faults: FaultProfile = HEALTHY
+
+    @property
+    def service(self) -> str:
+        return self.spec.analysis.service or self.name
+
+    def set_template(self, template: dict[str, Any]) -> None:
+        self.spec = RolloutSpec.model_validate({**self.spec.wire(), "template": template})
+
+    def set_canary_faults(self, faults: FaultProfile) -> None:
+        """Change what the canary's pods do (the simulator serves it from its next tick)."""
+        self.canary_faults = faults
+        self._publish()
+
+    def retire(self) -> None:
+        self.source.remove(self.namespace, self.service)
+
+    def tick(self) -> Tick:
+        now = datetime.now(UTC)
+        status = RolloutStatus.model_validate(self.status.wire())  # what a restarted operator reads
+        due = due_metrics(self.spec, status, now)
+        measurements: tuple[Measurement, ...] = ()
+        took: float | None = None
+        if due:
+            assert status.canary_revision is not None
+            a = self.spec.analysis
+            ctx = QueryContext(
+                namespace=self.namespace,
+                service=self.service,
+                rollout=self.name,
+                canary_revision=status.canary_revision,
+                stable_revision=status.stable_revision,
+                window_seconds=a.window,
+                interval_seconds=a.interval,
+                min_requests=a.min_requests,
+                rollout_started_at=status.rollout_started_at,
+            )
+            started = time.monotonic()
+            measurements = tuple(measure(self.client, due, ctx, now))
+            took = time.monotonic() - started
+        decision = plan(
+            RolloutInput(
+                namespace=self.namespace,
+                name=self.name,
+                generation=1,
+                labels={},
+                annotations={},
+                spec=self.spec,
+                status=status,
+                obs=Observations(stable=self.stable, canary=self.canary, measurements=measurements),
+                now=now,
+            )
+        )
+        self._apply(decision)
+        return Tick(decision, measurements, took, time.monotonic())
+
+    def _apply(self, decision: Decision) -> None:
+        self.status = decision.status
+        changed = False
+        for action in decision.actions:
+            if isinstance(action, ApplyDeployment):
+                obs = _ready(action.revision, action.replicas)
+                if action.track == TRACK_STABLE:
+                    self.stable = obs
+                else:
+                    self.canary = obs
+                    self.canary_faults = HEALTHY  # a new canary revision starts healthy
+                changed = True
+            elif isinstance(action, ScaleDeployment):
+                current = self.stable if action.track == TRACK_STABLE else self.canary
+                if current is None:
+                    raise RuntimeError(f"planner scaled the missing {action.track} Deployment")
+                obs = _ready(current.revision, action.replicas)
+                if action.track == TRACK_STABLE:
+                    self.stable = obs
+                else:
+                    self.canary = obs
+                changed = True
+        if changed:
+            self._publish()
+
+    def _publish(self) -> None:
+        tracks = []
+        if self.stable is not None and self.stable.revision:
+            tracks.append(Track(TRACK_STABLE, self.stable.revision, self.stable.ready_replicas))
+        if self.canary is not None and self.canary.revision:
+            tracks.append(Track(TRACK_CANARY, self.canary.revision, self.canary.ready_replicas, self.canary_faults))
+        self.source.set_tracks(self.namespace, self.service, tracks, self.rate)
+
+
+def _ready(revision: str | None, replicas: int) -> DeploymentObs:
+    """Deployments here become ready at once: no pod start-up or termination time."""
+    return DeploymentObs(revision, replicas, replicas, replicas, replicas, True)
