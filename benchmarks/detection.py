@@ -78,6 +78,7 @@ SCENARIOS = (
     Scenario("healthy", None, False, f"no fault; both tracks {BASE_ERROR_RATE:.1%} 5xx noise"),
 )
 Outcome = Literal["detected", "missed", "survived", "false-rollback", "warmup-rollback", "warmup-timeout", "error"]
+START_ATTEMPTS = 3  # canary revisions a trial may start when healthy ones are rolled back before warm-up
 
 
 def rollout_spec(name: str) -> RolloutSpec:
@@ -115,6 +116,9 @@ class TrialResult:
     detect_s: float | None = None  # fault onset -> Decision with phase RolledBack
     first_fail_s: float | None = None  # fault onset -> first tick with a failing measurement
     observed_s: float | None = None  # healthy: time observed after warm-up
+    canary_age_s: float | None = None  # time the canary had been at its weight when the trial ended
+    canary_starts: int = 0  # canary revisions started (a start-up rollback starts a fresh one)
+    startup_rollbacks: list[dict[str, Any]] = field(default_factory=list)  # rollbacks before warm: age, message
     message: str = ""  # the rollback message, or why the trial ended otherwise
     fault_5xx: int = 0  # requests the canary answered 500 because of its fault (blast radius)
     lost_orders: int = 0  # orders the canary lost to its fault (blast radius)
@@ -146,8 +150,15 @@ def run_trial(scenario: Scenario, run: int, s: Settings, source: StaticSource, m
         else:
             result.message = f"stable never became Healthy: {rollout.status.message}"
             return result
-        rollout.set_template(app_template(service, "2"))
-        _drive(rollout, scenario, s, rng, window, result)
+        for attempt in range(START_ATTEMPTS):
+            # A fresh revision each time: the planner keeps a rolled-back one at weight 0.
+            rollout.set_template(app_template(service, str(attempt + 2)))
+            result.canary_starts += 1
+            result.canary_age_s = None
+            _drive(rollout, scenario, s, rng, window, result)
+            if result.outcome != "warmup-rollback":
+                break
+            result.startup_rollbacks.append({"canary_age_s": result.canary_age_s, "message": result.message})
     except Exception as exc:  # report it with the trial rather than losing the whole run
         result.outcome, result.message = "error", f"{type(exc).__name__}: {exc}"
     finally:
@@ -178,6 +189,8 @@ def _drive(rollout: LiveRollout, scenario: Scenario, s: Settings, rng: random.Ra
         if tick.measure_seconds is not None:
             result.measure_s.append(round(tick.measure_seconds, 4))
         st = tick.decision.status
+        if at_weight is not None:
+            result.canary_age_s = tick.finished - at_weight
         if onset is not None and result.first_fail_s is None and any(m.verdict == "fail" for m in tick.measurements):
             result.first_fail_s = tick.finished - onset
         if st.phase == "RolledBack":
@@ -274,6 +287,14 @@ def summarise(results: list[TrialResult], s: Settings) -> dict[str, Any]:
             "lost_orders_median": statistics.median([r.lost_orders for r in injected]) if injected else None,
             "hard": sc.hard,
         }
+    early = [e for r in results for e in r.startup_rollbacks]
+    starts = sum(r.canary_starts for r in results)
+    out["startup"] = {
+        "canary_starts": starts,
+        "rollbacks_before_warm": len(early),
+        "fraction": len(early) / starts if starts else None,
+        "rollbacks": early,
+    }
     return out
 
 
@@ -306,7 +327,7 @@ def parameters(s: Settings, config: TrafficConfig) -> list[str]:
 def render(summary: dict[str, Any], results: list[TrialResult], s: Settings) -> list[str]:
     lines = []
     head = (
-        f"{'scenario':<12} {'runs':>4} {'detected':>9} {'median s':>9} {'p95 s':>7} {'max s':>7} "
+        f"{'scenario':<12} {'runs':>4} {'injected':>8} {'detected':>8} {'median s':>9} {'p95 s':>7} {'max s':>7} "
         f"{'1st fail s':>10} {'5xx served':>10} {'orders lost':>11}"
     )
     lines += [head, "-" * len(head)]
@@ -314,34 +335,43 @@ def render(summary: dict[str, Any], results: list[TrialResult], s: Settings) -> 
         row = summary[sc.name]
         if sc.faults is None:
             continue
-        fraction = f"{row['detected']}/{row['injected']}" if row["injected"] else "0/0"
         lines.append(
-            f"{sc.name:<12} {row['runs']:>4} {fraction:>9} {seconds(row['median_s'], s.timeout):>9} "
+            f"{sc.name:<12} {row['runs']:>4} {row['injected']:>8} {row['detected']:>8} "
+            f"{seconds(row['median_s'], s.timeout):>9} "
             f"{seconds(row['p95_s'], s.timeout):>7} {seconds(row['max_s'], s.timeout):>7} "
             f"{seconds(row['first_fail_median_s'], s.timeout):>10} "
             f"{_num(row['fault_5xx_median']):>10} {_num(row['lost_orders_median']):>11}"
         )
-    lines.append("(median / p95 / max over injected runs, a miss counting as longer than the timeout; "
-                 "5xx served and orders lost: medians per trial, canary only)")
-    h = summary["healthy"]
+    lines += [
+        "(seconds from fault onset to the RolledBack decision; injected: runs that got through warm-up;",
+        " median / p95 / max over injected runs, a miss counting as longer than the timeout; 1st fail: onset to",
+        " the first failing measurement; 5xx served, orders lost: per-trial medians on the canary = blast radius)",
+    ]
+    h, early = summary["healthy"], summary["startup"]
     minutes = h["observed_canary_seconds"] / 60
     rate = h["false_rollbacks_per_canary_hour"]
-    lines.append("")
+    lines += ["", "False rollbacks of healthy canaries:"]
     lines.append(
-        f"healthy: {h['false_rollbacks']} false rollback(s) in {h['judged']} healthy canaries observed "
-        f"{minutes:.1f} canary-minutes in all"
-        + (f" ({h['false_rollback_fraction']:.0%} of canaries; {rate:.2f} per canary-hour)" if h["judged"] else "")
+        f"  steady state (healthy scenario, after warm-up): {h['false_rollbacks']} of {h['judged']} canaries "
+        f"in {minutes:.1f} canary-minutes observed"
+        + (f" = {h['false_rollback_fraction']:.0%} of canaries, {rate:.2f} per canary-hour" if h["judged"] else "")
     )
-    for reason in h["reasons"]:
-        lines.append(f"  rolled back: {reason}")
-    early = [r for r in results if r.outcome in ("warmup-rollback", "warmup-timeout", "error")]
+    for r in results:
+        if r.outcome == "false-rollback":
+            lines.append(f"    {r.service} after {r.observed_s:.0f}s: {r.message}")
     lines.append(
-        f"before any fault: {sum(r.outcome == 'warmup-rollback' for r in early)} rollback(s) during warm-up, "
-        f"{sum(r.outcome == 'warmup-timeout' for r in early)} warm-up timeout(s), "
-        f"{sum(r.outcome == 'error' for r in early)} error(s) in {len(results)} trials"
+        f"  start-up (every scenario, before warm-up ended): {early['rollbacks_before_warm']} of "
+        f"{early['canary_starts']} canary starts"
+        + (f" = {early['fraction']:.0%}" if early["canary_starts"] else "")
+        + f" (such a trial starts a fresh canary revision, up to {START_ATTEMPTS} in all)"
     )
-    for r in early:
-        lines.append(f"  {r.service}: {r.outcome}: {r.message}")
+    for r in results:
+        for e in r.startup_rollbacks:
+            age = f"{e['canary_age_s']:.0f}s" if e["canary_age_s"] is not None else "?"
+            lines.append(f"    {r.service} {age} after reaching {CANARY_WEIGHT}%: {e['message']}")
+    for r in results:
+        if r.outcome in ("warmup-rollback", "warmup-timeout", "error"):
+            lines.append(f"  {r.service}: {r.outcome}: {r.message}")
     rounds = [x for r in results for x in r.measure_s]
     warm = [r.warmup_s for r in results if r.warmup_s is not None]
     if rounds:
@@ -393,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=90.0, help="seconds after onset before a trial is a miss")
     p.add_argument("--healthy-seconds", type=float, default=120.0, help="observation per healthy trial after warm-up")
     p.add_argument("--warmup-timeout", type=float, default=120.0, help="seconds a trial may take to warm up")
-    p.add_argument("--concurrency", type=int, default=20, help="trials running at the same time")
+    p.add_argument("--concurrency", type=int, default=40, help="trials running at the same time")
     p.add_argument("--rate", type=float, default=50.0, help="requests per second per service")
     p.add_argument("--tick", type=float, default=OPERATOR_TICK, help="seconds between planner ticks")
     p.add_argument("--seed", type=int, default=None, help="seed for the traffic and the onset jitter")

@@ -28,6 +28,7 @@ from controlled_friction.errors import readable_errors
 from controlled_friction.models.approval import ApprovalEntry, dump_record, parse_record, sign, verify
 from controlled_friction.models.policy import FrictionPolicySpec, FrictionRules, NamedPolicy
 from controlled_friction.models.rollout import MetricSpec, RolloutSpec
+from controlled_friction.planner import step_metric_problems
 from controlled_friction.revision import revision_of
 
 # An appended entry must be dated within this much of "now": the webhook writes it moments before the
@@ -478,7 +479,9 @@ def rollout_spec_problems(spec: Any) -> list[Problem]:
         parsed = RolloutSpec.model_validate(dict(spec))
     except ValidationError as exc:
         return [Problem(line, UNPROCESSABLE) for line in readable_errors(exc)]
-    return _query_problems(parsed.analysis.metrics, "spec.analysis.metrics")
+    problems = _query_problems(parsed.analysis.metrics, "spec.analysis.metrics")
+    # The operator would mark such a Rollout Invalid: refuse it here first, with the planner's words.
+    return problems + [Problem(p, UNPROCESSABLE) for p in step_metric_problems(parsed)]
 
 
 def policy_spec_problems(spec: Any) -> list[Problem]:

@@ -290,6 +290,12 @@ def spec_problems(spec: RolloutSpec) -> list[str]:
             err = validate_query(m.query)
             if err:
                 problems.append(f"spec.analysis.metrics[{m.name}].query: {err}")
+    return problems + step_metric_problems(spec)
+
+
+def step_metric_problems(spec: RolloutSpec) -> list[str]:
+    """Analysis steps naming metrics the Rollout does not declare (admission refuses them too)."""
+    problems = []
     known = {m.name for m in spec.analysis.metrics}
     for i, step in enumerate(spec.strategy.canary.steps):
         if step.analysis is not None:

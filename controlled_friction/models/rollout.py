@@ -240,7 +240,13 @@ class RolloutSpec(SpecModel):
         spec = self.template.get("spec")
         if not isinstance(spec, dict) or not spec.get("containers"):
             raise ValueError("template.spec.containers must list at least one container")
-        labels = (self.template.get("metadata") or {}).get("labels") or {}
+        # The template is free-form in the schema, so its shape is checked here (a crash would leave
+        # the Rollout neither refused nor marked Invalid).
+        meta = self.template.get("metadata")
+        labels = meta.get("labels") if isinstance(meta, dict) else None
+        if (meta is not None and not isinstance(meta, dict)) or (labels is not None and not isinstance(labels, dict)):
+            raise ValueError("template.metadata.labels must be a map of label names to values")
+        labels = labels or {}
         if not self.selector.match_labels and not self.selector.match_expressions:
             raise ValueError("selector must have matchLabels or matchExpressions")
         if not self.selector.matches(labels):

@@ -8,11 +8,9 @@ from typing import Any
 
 import kopf
 import structlog
-from pydantic import ValidationError
 
-from controlled_friction import errors, names
+from controlled_friction import admission, names
 from controlled_friction.adapters.kube import Conflict, Kube
-from controlled_friction.models.policy import FrictionPolicySpec
 from controlled_friction.operator import metrics
 from controlled_friction.operator.reconcile import Context, reconcile
 from controlled_friction.operator.settings import RUN
@@ -108,11 +106,8 @@ def policy_status(type: str, name: str, spec: kopf.Spec, status: kopf.Status, me
     """Say on the policy itself whether it is valid (invalid matching policies hold rollouts)."""
     if type == "DELETED" or "ctx" not in memo:
         return
-    try:
-        FrictionPolicySpec.model_validate(dict(spec))
-        want = {"valid": True, "message": "policy is valid"}
-    except ValidationError as exc:
-        want = {"valid": False, "message": "; ".join(errors.describe(exc))}
+    problems = [p.message for p in admission.policy_spec_problems(dict(spec))]
+    want = {"valid": not problems, "message": "; ".join(problems) or "policy is valid"}
     if dict(status) .get("valid") != want["valid"] or dict(status).get("message") != want["message"]:
         try:
             memo["ctx"].kube.patch_policy_status(name, want)

@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from controlled_friction import errors, names
+from controlled_friction import admission, errors, names
 from controlled_friction.adapters.kube import Conflict, Kube
 from controlled_friction.adapters.prometheus import PrometheusClient, measure, resolve_url
 from controlled_friction.analysis import QueryContext, error_measurement
@@ -67,14 +67,16 @@ class PolicySet:
 def parse_policies(raw: dict[str, dict[str, Any]]) -> PolicySet:
     valid, bad = [], []
     for name, spec in sorted(raw.items()):
-        try:
+        # The admission webhook's own checks (schema and PromQL), for policies that got in without it.
+        problems = [p.message for p in admission.policy_spec_problems(spec)]
+        if not problems:
             valid.append(NamedPolicy(name=name, spec=FrictionPolicySpec.model_validate(spec)))
-        except ValidationError as exc:
-            try:
-                selector: PolicySelector | None = PolicySelector.model_validate(spec.get("selector") or {})
-            except ValidationError:
-                selector = None
-            bad.append((name, selector, "; ".join(errors.describe(exc))))
+            continue
+        try:
+            selector: PolicySelector | None = PolicySelector.model_validate(spec.get("selector") or {})
+        except (ValidationError, AttributeError):
+            selector = None
+        bad.append((name, selector, "; ".join(problems)))
     return PolicySet(tuple(valid), tuple(bad))
 
 

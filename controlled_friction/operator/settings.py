@@ -17,8 +17,11 @@ class RunSettings:
     webhook_mode: WebhookMode = "none"
     webhook_host: str = "127.0.0.1"
     webhook_port: int = 9443
-    webhook_service: str = "controlled-friction-webhook"
-    webhook_namespace: str = "controlled-friction"
+    # The chart sets these for releases with another name or namespace (certificate hosts, key Secret).
+    webhook_service: str = field(
+        default_factory=lambda: os.environ.get("CF_WEBHOOK_SERVICE", "controlled-friction-webhook")
+    )
+    webhook_namespace: str = field(default_factory=lambda: os.environ.get("CF_NAMESPACE", "controlled-friction"))
     cert_dir: Path = field(
         default_factory=lambda: Path(os.environ.get("CF_CERT_DIR", "/tmp/controlled-friction-certs"))
     )
