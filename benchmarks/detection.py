@@ -81,14 +81,14 @@ Outcome = Literal["detected", "missed", "survived", "false-rollback", "warmup-ro
 START_ATTEMPTS = 3  # canary revisions a trial may start when healthy ones are rolled back before warm-up
 
 
-def rollout_spec(name: str) -> RolloutSpec:
+def rollout_spec(name: str, analysis: dict[str, Any]) -> RolloutSpec:
     return RolloutSpec.model_validate(
         {
             "replicas": STABLE_REPLICAS,
             "selector": {"matchLabels": {"app": name}},
             "template": app_template(name, "1"),
             "strategy": {"canary": {"steps": STEPS}},
-            "analysis": ANALYSIS,
+            "analysis": analysis,
         }
     )
 
@@ -104,6 +104,8 @@ class Settings:
     tick: float
     seed: int | None
     verbose: bool
+    analysis: dict[str, Any]  # spec.analysis on the wire
+    scenarios: tuple[Scenario, ...]
 
 
 @dataclass
@@ -136,7 +138,7 @@ def run_trial(scenario: Scenario, run: int, s: Settings, source: StaticSource, m
     rollout = LiveRollout(
         namespace=NAMESPACE,
         name=service,
-        spec=rollout_spec(service),
+        spec=rollout_spec(service, s.analysis),
         source=source,
         client=PrometheusClient(prometheus_url),
         rate=s.rate,
@@ -206,7 +208,7 @@ def _drive(rollout: LiveRollout, scenario: Scenario, s: Settings, rng: random.Ra
             at_weight = tick.finished
         if warm_at is None:
             last = [m.last for m in st.analysis.metrics]
-            passing = len(last) == len(ANALYSIS["metrics"]) and all(m and m.verdict == "pass" for m in last)
+            passing = len(last) == len(rollout.spec.analysis.metrics) and all(m and m.verdict == "pass" for m in last)
             if at_weight is not None and tick.finished - at_weight >= window + 2 * SCRAPE_INTERVAL and passing:
                 warm_at = tick.finished
                 result.warmup_s = warm_at - at_weight
@@ -256,7 +258,7 @@ def seconds(value: float, timeout: float) -> str:
 
 def summarise(results: list[TrialResult], s: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for sc in SCENARIOS:
+    for sc in s.scenarios:
         rows = [r for r in results if r.scenario == sc.name]
         if sc.faults is None:
             observed = sum(r.observed_s or 0.0 for r in rows if r.outcome in ("survived", "false-rollback"))
@@ -302,11 +304,11 @@ def summarise(results: list[TrialResult], s: Settings) -> dict[str, Any]:
 
 
 def parameters(s: Settings, config: TrafficConfig) -> list[str]:
-    a = rollout_spec("x").analysis
+    a = rollout_spec("x", s.analysis).analysis
     canary = canary_replicas(STABLE_REPLICAS, CANARY_WEIGHT)
     metrics = "; ".join(
         f"{m['name']} ({m['kind']}: " + ", ".join(f"{k} {v}" for k, v in m.items() if k not in ("name", "kind")) + ")"
-        for m in ANALYSIS["metrics"]
+        for m in s.analysis["metrics"]
     )
     return [
         f"Prometheus: {prometheus_version()}, scrape interval {SCRAPE_INTERVAL:g}s",
@@ -319,6 +321,9 @@ def parameters(s: Settings, config: TrafficConfig) -> list[str]:
         "ready at once (no API server, no pod start-up: analysis latency only)",
         f"Traffic: {s.rate:g} req/s per service, base 5xx {config.base_error_rate:.1%} on every track, "
         f"order probability {config.order_probability:g} per successful request",
+        "Scenarios: " + "; ".join(f"{sc.name} = {sc.what}" for sc in s.scenarios),
+        f"Warm-up: canary at {CANARY_WEIGHT}% for window + {2 * SCRAPE_INTERVAL:g}s with every metric's latest "
+        f"measurement passing; the fault starts at a random instant within the next {s.tick:g}s",
         f"Runs: {s.runs} per scenario, timeout {s.timeout:g}s after onset, healthy observed "
         f"{s.healthy_seconds:g}s each after warm-up, {s.concurrency} trials at a time",
     ]
@@ -331,7 +336,7 @@ def render(summary: dict[str, Any], results: list[TrialResult], s: Settings) -> 
         f"{'1st fail s':>10} {'5xx served':>10} {'orders lost':>11}"
     )
     lines += [head, "-" * len(head)]
-    for sc in SCENARIOS:
+    for sc in s.scenarios:
         row = summary[sc.name]
         if sc.faults is None:
             continue
@@ -347,15 +352,17 @@ def render(summary: dict[str, Any], results: list[TrialResult], s: Settings) -> 
         " median / p95 / max over injected runs, a miss counting as longer than the timeout; 1st fail: onset to",
         " the first failing measurement; 5xx served, orders lost: per-trial medians on the canary = blast radius)",
     ]
-    h, early = summary["healthy"], summary["startup"]
-    minutes = h["observed_canary_seconds"] / 60
-    rate = h["false_rollbacks_per_canary_hour"]
+    early = summary["startup"]
     lines += ["", "False rollbacks of healthy canaries:"]
-    lines.append(
-        f"  steady state (healthy scenario, after warm-up): {h['false_rollbacks']} of {h['judged']} canaries "
-        f"in {minutes:.1f} canary-minutes observed"
-        + (f" = {h['false_rollback_fraction']:.0%} of canaries, {rate:.2f} per canary-hour" if h["judged"] else "")
-    )
+    h = summary.get("healthy")
+    if h is not None:
+        minutes = h["observed_canary_seconds"] / 60
+        rate = h["false_rollbacks_per_canary_hour"]
+        lines.append(
+            f"  steady state (healthy scenario, after warm-up): {h['false_rollbacks']} of {h['judged']} canaries "
+            f"in {minutes:.1f} canary-minutes observed"
+            + (f" = {h['false_rollback_fraction']:.0%} of canaries, {rate:.2f} per canary-hour" if h["judged"] else "")
+        )
     for r in results:
         if r.outcome == "false-rollback":
             lines.append(f"    {r.service} after {r.observed_s:.0f}s: {r.message}")
@@ -381,7 +388,7 @@ def render(summary: dict[str, Any], results: list[TrialResult], s: Settings) -> 
             f"{statistics.median(warm) if warm else math.nan:.1f}s"
         )
     lines.append("")
-    for sc in SCENARIOS:
+    for sc in s.scenarios:
         if sc.hard:
             p95 = summary[sc.name]["p95_s"]
             met = not math.isnan(p95) and p95 <= HARD_TARGET_P95
@@ -409,10 +416,10 @@ def _jsonable(value: Any) -> Any:
 # ---------------------------------------------------------------- main
 
 
-def trial_order(runs: int) -> list[tuple[Scenario, int]]:
+def trial_order(scenarios: Sequence[Scenario], runs: int) -> list[tuple[Scenario, int]]:
     """Healthy trials first (they run longest), then the fault scenarios interleaved run by run."""
-    healthy = [(sc, i) for sc in SCENARIOS if sc.faults is None for i in range(runs)]
-    faulty = [(sc, i) for i in range(runs) for sc in SCENARIOS if sc.faults is not None]
+    healthy = [(sc, i) for sc in scenarios if sc.faults is None for i in range(runs)]
+    faulty = [(sc, i) for i in range(runs) for sc in scenarios if sc.faults is not None]
     return healthy + faulty
 
 
@@ -427,6 +434,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=50.0, help="requests per second per service")
     p.add_argument("--tick", type=float, default=OPERATOR_TICK, help="seconds between planner ticks")
     p.add_argument("--seed", type=int, default=None, help="seed for the traffic and the onset jitter")
+    p.add_argument("--scenarios", default=",".join(sc.name for sc in SCENARIOS),
+                   help="comma-separated subset of: " + ", ".join(sc.name for sc in SCENARIOS))
+    p.add_argument("--window", default=ANALYSIS["window"], help="spec.analysis.window (default %(default)s)")
+    p.add_argument("--min-requests", type=int, help="spec.analysis.minRequests (default: the Rollout default)")
+    p.add_argument("--failure-limit", type=int, help="spec.analysis.failureLimit (default: the Rollout default)")
     p.add_argument("--json", metavar="PATH", help="also write parameters, summary and every trial as JSON")
     p.add_argument("--verbose", action="store_true", help="print each trial as it ends")
     args = p.parse_args(argv)
@@ -434,13 +446,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--runs and --concurrency must be at least 1")
     if args.healthy_seconds + args.warmup_timeout >= 600:
         p.error("--healthy-seconds + --warmup-timeout must stay below the 10m pause step")
+    by_name = {sc.name: sc for sc in SCENARIOS}
+    wanted = [n.strip() for n in args.scenarios.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown or not wanted:
+        p.error(f"unknown scenario(s) {unknown}; choose from {', '.join(by_name)}")
+    analysis = {**ANALYSIS, "window": args.window}
+    if args.min_requests is not None:
+        analysis["minRequests"] = args.min_requests
+    if args.failure_limit is not None:
+        analysis["failureLimit"] = args.failure_limit
+    try:
+        rollout_spec("check", analysis)
+    except ValueError as err:
+        p.error(f"invalid analysis settings: {err}")
     s = Settings(args.runs, args.timeout, args.healthy_seconds, args.warmup_timeout, args.concurrency,
-                 args.rate, args.tick, args.seed, args.verbose)
+                 args.rate, args.tick, args.seed, args.verbose, analysis, tuple(by_name[n] for n in wanted))
 
     config = TrafficConfig(rate=s.rate, base_error_rate=BASE_ERROR_RATE)
     model = TrafficModel(config, seed=s.seed)
     source = StaticSource()
-    order = trial_order(s.runs)
+    order = trial_order(s.scenarios, s.runs)
     results: list[TrialResult] = []
     started = time.monotonic()
     print_lock = threading.Lock()

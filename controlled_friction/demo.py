@@ -148,6 +148,8 @@ def main() -> int:
         return _story(tl, info.simulator_url)
     finally:
         op.stop()
+        # Leave the sandbox as found: a cluster-wide policy would add friction to whatever runs next.
+        cluster.kubectl("delete", "frictionpolicy", POLICY, "--ignore-not-found", check=False)
         tl.say("operator stopped; the sandbox keeps running (`controlled-friction sandbox down` to stop it)")
 
 

@@ -128,6 +128,10 @@ def reconcile(
     carried_action: str | None = None
     policies = parse_policies(policies_raw)
     for attempt in range(MAX_CONFLICT_RETRIES):
+        if attempt:
+            # The re-read object may hold writes made after the first `now` (an approval): timing a
+            # step from before them would let it start before the gate was really passed.
+            now = ctx.now()
         meta = body["metadata"]
         ns, name = meta["namespace"], meta["name"]
         annotations = dict(meta.get("annotations") or {})

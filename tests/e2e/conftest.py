@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import yaml
@@ -65,6 +65,8 @@ def namespace(kube: client.ApiClient, request: pytest.FixtureRequest) -> Iterato
 def operator(sandbox: SandboxInfo) -> Iterator[OperatorProcess]:
     """The operator as a separate process (its ServiceAccount identity, webhooks on 127.0.0.1)."""
     install_crds()
+    # Policies are cluster-wide: one left by the demo or an aborted run would add friction to every test.
+    cluster.kubectl("delete", "frictionpolicies", "--all", check=False)
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(rollouts.critical_policy()))
     op = OperatorProcess(
         log_path=sandbox.state_dir / "logs" / "e2e-operator.log",
@@ -86,3 +88,22 @@ def live_operator(operator: OperatorProcess) -> OperatorProcess:
         operator.start()
         operator.wait_webhook_ready()
     return operator
+
+
+@pytest.fixture
+def make_namespace(kube: client.ApiClient, request: pytest.FixtureRequest) -> Iterator[Callable[..., str]]:
+    """Create more throwaway namespaces in one test (all deleted, without waiting, afterwards)."""
+    core = client.CoreV1Api(kube)
+    made: list[str] = []
+
+    def make(stem: str, labels: dict[str, str] | None = None) -> str:
+        name = f"e2e-{stem}-{uuid.uuid4().hex[:6]}"
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name, labels=labels)))
+        made.append(name)
+        wait_for(lambda: core.read_namespaced_service_account("default", name), timeout=30,
+                 message=f"ServiceAccount default in {name}")
+        return name
+
+    yield make
+    for name in made:
+        core.delete_namespace(name, propagation_policy="Background")

@@ -109,3 +109,46 @@ def deployment(kube: Kube, ns: str, track: str, name: str = "checkout") -> dict[
     dep = kube.get_deployment(ns, names.deployment_name(name, track))
     assert dep is not None, f"{name}-{track} missing"
     return dep
+
+
+# ---------------------------------------------------------------- fault-tolerance helpers (issue 6)
+
+
+def user_kube(user: str) -> Kube:
+    """The adapter acting as a sandbox identity (alice, bob, dave, ..., admin, operator)."""
+    return Kube(load_api_client(str(cluster.kubeconfig_path(user))))
+
+
+def create_rollout(kube: Kube, obj: dict[str, Any]) -> dict[str, Any]:
+    ns = obj["metadata"]["namespace"]
+    return kube.custom.create_namespaced_custom_object(names.GROUP, names.VERSION, ns, names.ROLLOUT_PLURAL, obj)
+
+
+def patch_spec(kube: Kube, obj: dict[str, Any]) -> dict[str, Any]:
+    """Merge-patch the Rollout's spec to `obj`'s (a new template makes a new revision)."""
+    meta = obj["metadata"]
+    return kube.custom.patch_namespaced_custom_object(
+        names.GROUP, names.VERSION, meta["namespace"], names.ROLLOUT_PLURAL, meta["name"], {"spec": obj["spec"]}
+    )
+
+
+def operator_metrics(port: int) -> list[tuple[str, dict[str, str], float]]:
+    """Samples of the operator's /metrics as (name, labels, value)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as rsp:
+        text = rsp.read().decode()
+    return [(s.name, dict(s.labels), float(s.value)) for fam in text_string_to_metric_families(text)
+            for s in fam.samples]
+
+
+def metric_sum(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+    return sum(v for n, lab, v in samples if n == name and all(lab.get(k) == x for k, x in labels.items()))
+
+
+def event_counts(kube: Kube, ns: str, name: str, reason: str, contains: str = "") -> int:
+    """How many times the operator recorded Events with this reason (identical Events bump `count`)."""
+    return sum(int(e.get("count") or 1) for e in kube.list_events(ns, name)
+               if e.get("reason") == reason and contains in (e.get("message") or ""))
