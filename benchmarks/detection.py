@@ -152,6 +152,8 @@ def run_trial(scenario: Scenario, run: int, s: Settings, source: StaticSource, m
         else:
             result.message = f"stable never became Healthy: {rollout.status.message}"
             return result
+        # A real stable has history: give its rate window real data before the canary is judged against it.
+        time.sleep(window + 2 * SCRAPE_INTERVAL)
         for attempt in range(START_ATTEMPTS):
             # A fresh revision each time: the planner keeps a rolled-back one at weight 0.
             rollout.set_template(app_template(service, str(attempt + 2)))
@@ -322,7 +324,8 @@ def parameters(s: Settings, config: TrafficConfig) -> list[str]:
         f"Traffic: {s.rate:g} req/s per service, base 5xx {config.base_error_rate:.1%} on every track, "
         f"order probability {config.order_probability:g} per successful request",
         "Scenarios: " + "; ".join(f"{sc.name} = {sc.what}" for sc in s.scenarios),
-        f"Warm-up: canary at {CANARY_WEIGHT}% for window + {2 * SCRAPE_INTERVAL:g}s with every metric's latest "
+        f"Warm-up: stable alone for window + {2 * SCRAPE_INTERVAL:g}s, then "
+        f"canary at {CANARY_WEIGHT}% for window + {2 * SCRAPE_INTERVAL:g}s with every metric's latest "
         f"measurement passing; the fault starts at a random instant within the next {s.tick:g}s",
         f"Runs: {s.runs} per scenario, timeout {s.timeout:g}s after onset, healthy observed "
         f"{s.healthy_seconds:g}s each after warm-up, {s.concurrency} trials at a time",

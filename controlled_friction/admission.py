@@ -28,7 +28,7 @@ from controlled_friction.errors import readable_errors
 from controlled_friction.models.approval import ApprovalEntry, dump_record, parse_record, sign, verify
 from controlled_friction.models.policy import FrictionPolicySpec, FrictionRules, NamedPolicy
 from controlled_friction.models.rollout import MetricSpec, RolloutSpec
-from controlled_friction.planner import step_metric_problems
+from controlled_friction.planner import name_problems, step_metric_problems
 from controlled_friction.revision import revision_of
 
 # An appended entry must be dated within this much of "now": the webhook writes it moments before the
@@ -210,6 +210,8 @@ def validate_rollout(
     new = req.new or {}
     if req.operation == "CREATE" or old_spec != new.get("spec"):
         problems += rollout_spec_problems(new.get("spec"))
+    if req.operation == "CREATE":
+        problems += [Problem(p, UNPROCESSABLE) for p in name_problems(str(_meta(new).get("name") or ""))]
     problems += _approve_problems(req)
     problems += _author_problems(req)
     problems += _record_problems(req, key, policies, namespace_labels, _utc(now))

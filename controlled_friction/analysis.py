@@ -212,6 +212,21 @@ def _combine(checks: list[_Check]) -> tuple[CheckVerdict, str]:
     return verdict, "; ".join(c.message for c in ordered)
 
 
+# One-sided z for 99% confidence. A proportion check fails only when the canary is worse than its bound
+# beyond sampling noise: a canary with 50 requests is not judged as if it had 5,000. Hard faults (100%
+# 5xx, 99% fewer orders) are still significant after a few dozen requests.
+Z_99 = 2.326
+
+
+def exceeds(observed: float, bound: float, n: float, *, above: bool) -> bool:
+    """Is the proportion `observed` (from `n` trials) significantly above (or below) `bound`?"""
+    if (observed <= bound) if above else (observed >= bound):
+        return False
+    p0 = min(max(bound, 1e-6), 1 - 1e-6)
+    sd = math.sqrt(p0 * (1 - p0) / max(n, 1.0))
+    return abs(observed - bound) > Z_99 * sd
+
+
 def _traffic_gate(requests: float | None, ctx: QueryContext) -> _Check | None:
     """An inconclusive check when the canary had too little traffic to judge, else None."""
     if requests is None:
@@ -234,10 +249,11 @@ def _error_ratio_checks(metric: MetricSpec, v: dict[str, float | None], ctx: Que
     if share is None:
         return [_Check("inconclusive", "no data: canary 5xx share could not be computed")]
     context = f" (stable {_pct(stable)})" if stable is not None else " (stable: no data)"
+    n = v.get(CANARY_REQUESTS) or 0.0
     checks: list[_Check] = []
     if metric.max_ratio is not None:
-        ok = share <= metric.max_ratio
-        op = "≤" if ok else ">"
+        ok = not exceeds(share, metric.max_ratio, n, above=True)
+        op = "≤" if share <= metric.max_ratio else ("> (within noise)" if ok else ">")
         msg = f"canary 5xx {_pct(share)} {op} maxRatio {_pct(metric.max_ratio)}{context}"
         checks.append(_Check("pass" if ok else "fail", msg))
     limit = metric.max_increase_over_stable
@@ -247,8 +263,8 @@ def _error_ratio_checks(metric: MetricSpec, v: dict[str, float | None], ctx: Que
             checks.append(_Check("inconclusive", msg, reference_missing=True))
         else:
             increase = share - stable
-            ok = increase <= limit
-            op = "≤" if ok else ">"
+            ok = not exceeds(share, min(stable + limit, 1.0), n, above=True)
+            op = "≤" if increase <= limit else ("> (within noise)" if ok else ">")
             msg = (
                 f"canary 5xx {_pct(share)} is {_pct(increase)} over stable {_pct(stable)}, "
                 f"{op} maxIncreaseOverStable {_pct(limit)}"
@@ -271,8 +287,10 @@ def _order_checks(metric: MetricSpec, v: dict[str, float | None], ctx: QueryCont
             checks.append(_Check("inconclusive", f"maxDrop not checked: {why}", reference_missing=True))
         else:
             drop = 1 - canary / stable
-            ok = drop <= metric.max_drop
-            op = "≤" if ok else ">"
+            n = v.get(CANARY_REQUESTS) or 0.0
+            # Orders per request is a proportion too: fail only on a drop beyond sampling noise.
+            ok = not exceeds(canary, stable * (1 - metric.max_drop), n, above=False)
+            op = "≤" if drop <= metric.max_drop else ("> (within noise)" if ok else ">")
             checks.append(
                 _Check(
                     "pass" if ok else "fail",

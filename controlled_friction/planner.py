@@ -85,6 +85,8 @@ class Observations:
     approvals: tuple[ApprovalObs, ...] = ()
     approval_problems: tuple[str, ...] = ()
     measurements: tuple[Measurement, ...] = ()
+    # Why the API server refuses the Deployment this revision needs (a server-side dry run said so).
+    workload_rejected: str | None = None
 
 
 @dataclass(frozen=True)
@@ -311,8 +313,19 @@ def step_metric_problems(spec: RolloutSpec) -> list[str]:
 # ---------------------------------------------------------------- the planner
 
 
+def name_problems(name: str) -> list[str]:
+    """The Rollout's name becomes a label value on its pods, so it must fit one."""
+    if len(name) > 63:
+        return [f"metadata.name: at most 63 characters, as it becomes the value of the {names.LABEL_ROLLOUT} "
+                f"label of the pods ({len(name)} given); choose a shorter name"]
+    return []
+
+
 def plan(inp: RolloutInput) -> Decision:
-    problems = spec_problems(inp.spec)
+    problems = spec_problems(inp.spec) + name_problems(inp.name)
+    if inp.obs.workload_rejected:
+        problems.append(f"spec.template: the API server refuses the Deployment made from it: "
+                        f"{inp.obs.workload_rejected}")
     if problems:
         return invalid(inp.status, "; ".join(problems), inp.generation, inp.now)
     return _Planner(inp).run()

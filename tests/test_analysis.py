@@ -164,7 +164,7 @@ def test_error_ratio_fail_over_max_ratio_names_the_values() -> None:
 
 def test_error_ratio_fail_over_stable_only() -> None:
     # 1.9% is under maxRatio but 1.5 points above stable, over the allowed 1 point
-    m = evaluate(ERRORS, err_values(0.019, stable=0.004), CTX, NOW)
+    m = evaluate(ERRORS, err_values(0.019, stable=0.004, requests=100_000), CTX, NOW)
     assert m.verdict == "fail"
     assert "maxIncreaseOverStable 1.0%" in m.message and "canary 5xx 1.9% ≤ maxRatio" in m.message
     assert m.message.index("maxIncreaseOverStable") < m.message.index("≤ maxRatio")  # failures first
@@ -387,8 +387,25 @@ def test_never_pass_on_missing_data(
 )
 def test_error_ratio_verdict_matches_the_thresholds(share: float, stable: float, requests: float) -> None:
     m = evaluate(ERRORS, err_values(share, stable, requests), CTX, NOW)
-    breached = share > 0.02 or share - stable > 0.01
-    assert m.verdict == ("fail" if breached else "pass")
+    # Within the bounds: always pass. Beyond them by more than any binomial noise (z 2.33, p(1-p) <= 1/4):
+    # always fail. In between the canary's sample size decides.
+    noise = 1.2 / math.sqrt(requests)
+    breach = max(share - 0.02, share - stable - 0.01)
+    if breach <= 0:
+        assert m.verdict == "pass"
+    elif breach > noise:
+        assert m.verdict == "fail"
+
+
+def test_small_samples_are_judged_with_their_noise() -> None:
+    # 2 errors in 40 requests (5%) is over maxRatio 2% but well within the noise of 40 requests...
+    assert evaluate(ERRORS, err_values(0.05, stable=0.05, requests=40), CTX, NOW).verdict == "pass"
+    # ...while 5% of 40,000 requests is not; and 100% 5xx fails after a few dozen requests.
+    assert evaluate(ERRORS, err_values(0.05, stable=0.05, requests=40_000), CTX, NOW).verdict == "fail"
+    assert evaluate(ERRORS, err_values(1.0, stable=0.004, requests=25), CTX, NOW).verdict == "fail"
+    # The same holds for orders per request: -99% fails on 30 requests, -30% on 30 requests does not.
+    assert evaluate(ORDERS, order_values(0.003, 0.3, requests=30), CTX, NOW).verdict == "fail"
+    assert evaluate(ORDERS, order_values(0.21, 0.3, requests=30), CTX, NOW).verdict == "pass"
 
 
 @settings(max_examples=300, deadline=None)
@@ -402,8 +419,13 @@ def test_order_verdict_matches_the_thresholds(
     canary: float, stable: float, now: float, baseline: float
 ) -> None:
     m = evaluate(ORDERS, order_values(canary, stable, now, baseline), CTX, NOW)
-    breached = 1 - canary / stable > 0.2 or 1 - now / baseline > 0.5
-    assert m.verdict == ("fail" if breached else "pass")
+    noise = 1.2 / math.sqrt(400.0)  # order_values' canary requests
+    per_request_breach = stable * 0.8 - canary
+    baseline_breached = 1 - now / baseline > 0.5
+    if per_request_breach <= 0 and not baseline_breached:
+        assert m.verdict == "pass"
+    elif per_request_breach > noise or baseline_breached:
+        assert m.verdict == "fail"
 
 
 # ---------------------------------------------------------------- resolve_url

@@ -41,6 +41,7 @@ from controlled_friction.planner import (
 )
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+KEY = b"bad-input-test-key-0123456789abcdef"
 Kind = Literal["Rollout", "FrictionPolicy"]
 Path = tuple[str | int, ...]
 
@@ -154,8 +155,9 @@ class BadInput:
     edit: Edit
     # What the message must mention so a person knows where to look (a field path, or the rule).
     names_: tuple[str, ...]
-    # "spec": the pure checks see it; "meta": only the API server checks it (names, annotation size).
-    layer: Literal["spec", "meta"] = "spec"
+    # "spec": the pure checks see it; "meta": only the API server checks it (names, annotation size);
+    # "workload": only the API server's checks of the Deployment the operator would create see it.
+    layer: Literal["spec", "meta", "workload"] = "spec"
     rejected_by_schema: bool = field(default=False)  # informational; the e2e test finds out for real
 
     def build(self, name: str, namespace: str = "default", ns_label: str = "never-matches") -> dict[str, Any]:
@@ -235,6 +237,10 @@ ROLLOUT_CASES: list[BadInput] = [
     BadInput("service-port-out-of-range", R, put("spec", "service", value={"name": "shop", "port": 70000}),
              ("spec.service.port",)),
     BadInput("unknown-spec-field", R, put("spec", "replica", value=3), ("replica",)),
+    BadInput("template-container-without-image", R,
+             put("spec", "template", "spec", "containers", value=[{"name": "app"}]),
+             ("spec.template", "containers[0].image"), layer="workload"),
+    BadInput("name-longer-than-a-label", R, rename("checkout-" + "x" * 60), ("metadata.name", "63")),
     BadInput("name-odd", R, rename("Checkout_V2"), ("metadata.name",), layer="meta"),
     BadInput("name-too-long", R, rename("x" * 300), ("metadata.name",), layer="meta"),
     BadInput("annotation-huge", R, put("metadata", "annotations", value={"note": "x" * 300_000}),
@@ -280,10 +286,24 @@ def mentions(message: str, case: BadInput) -> bool:
 # ---------------------------------------------------------------- the two pure paths
 
 
-def admission_message(obj: dict[str, Any]) -> str:
-    """What the validating webhook answers about this object's spec ('' = allowed)."""
-    check = admission.rollout_spec_problems if obj["kind"] == "Rollout" else admission.policy_spec_problems
-    return "\n".join(p.message for p in check(obj.get("spec")))
+def admission_message(obj: dict[str, Any], user: str = "dave") -> str:
+    """What the webhooks answer to `user` creating this object ('' = allowed): for a Rollout the
+    mutating webhook runs first (it records the author), then the validating one decides."""
+    obj = copy.deepcopy(obj)
+    groups = ("engineers", "system:authenticated")
+    if obj["kind"] == "FrictionPolicy":
+        problems = admission.validate_policy(admission.AdmissionInput("CREATE", user, groups, None, obj))
+    else:
+        mutation = admission.mutate_rollout(admission.AdmissionInput("CREATE", user, groups, None, obj), KEY, NOW)
+        annotations = obj["metadata"].setdefault("annotations", {})
+        for name, value in mutation.annotations.items():
+            if value is None:
+                annotations.pop(name, None)
+            else:
+                annotations[name] = value
+        req = admission.AdmissionInput("CREATE", user, groups, None, obj)
+        problems = admission.validate_rollout(req, KEY, [], {}, NOW)
+    return "\n".join(p.message for p in problems)
 
 
 def operator_decision(obj: dict[str, Any], status: RolloutStatus | None = None) -> Decision:
@@ -348,6 +368,24 @@ def test_operator_marks_a_rollout_that_got_in_invalid_and_touches_nothing(case: 
     # Re-reconciling the same bad spec neither flips the phase nor repeats the Event.
     again = operator_decision(case.build("bad"), RolloutStatus.model_validate(st_.wire()))
     assert again.status.phase == "Invalid" and again.events() == []
+
+
+def test_a_template_the_api_server_refuses_makes_the_rollout_invalid():
+    """Pod-template rules live in the API server; the shell dry-runs the Deployment and reports why."""
+    case = next(c for c in ROLLOUT_CASES if c.id == "template-container-without-image")
+    obj = case.build("bad")
+    assert admission_message(obj) == ""  # the webhook cannot know: this is the operator's job
+    plain = operator_decision(obj)
+    assert plain.status.phase != "Invalid"
+    assert any(not isinstance(a, RecordEvent) for a in plain.actions)  # it would create a Deployment
+    why = ('Deployment.apps "bad-stable" is invalid: spec.template.spec.containers[0].image: Required value')
+    meta = obj["metadata"]
+    decision = plan(RolloutInput(namespace=meta["namespace"], name=meta["name"], generation=1, labels={},
+                                 annotations={}, spec=RolloutSpec.model_validate(obj["spec"]),
+                                 status=RolloutStatus(), obs=Observations(workload_rejected=why), now=NOW))
+    assert decision.status.phase == "Invalid"
+    assert mentions(decision.status.message, case) and why in decision.status.message
+    assert _no_workload_actions(decision)
 
 
 def test_an_invalid_spec_never_loses_what_the_status_knew():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -53,6 +54,14 @@ def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if exc.status == 404:
             raise NotFound(str(exc.reason)) from exc
         raise
+
+
+def _status_message(exc: ApiException) -> str:
+    """The API server's own explanation from a Status body (it names the offending fields)."""
+    try:
+        return str(json.loads(exc.body or "")["message"])
+    except (TypeError, ValueError, KeyError):
+        return str(exc.reason)
 
 
 def merge_patch_diff(old: Any, new: Any) -> Any:
@@ -197,6 +206,27 @@ class Kube:
             {"op": "replace", "path": "/spec/replicas", "value": replicas},
         ]
         _call(self.apps.patch_namespaced_deployment, name, namespace, ops)
+
+    def dry_run_deployment(self, namespace: str, body: dict[str, Any]) -> str | None:
+        """Why the API server would refuse to create `body` or put its template in place (None: it
+        would accept it). A server-side dry run: nothing is written."""
+        name = body["metadata"]["name"]
+        try:
+            if self.get_deployment(namespace, name) is None:
+                _call(self.apps.create_namespaced_deployment, namespace, body, dry_run="All")
+            else:
+                ops = [
+                    {"op": "replace", "path": "/spec/template", "value": body["spec"]["template"]},
+                    {"op": "replace", "path": "/spec/replicas", "value": body["spec"]["replicas"]},
+                ]
+                _call(self.apps.patch_namespaced_deployment, name, namespace, ops, dry_run="All")
+        except Conflict:
+            return None  # created meanwhile: the real write will patch it
+        except ApiException as exc:
+            if exc.status in (400, 422):
+                return _status_message(exc)
+            raise
+        return None
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
         _call(self.apps.patch_namespaced_deployment, name, namespace, {"spec": {"replicas": replicas}})

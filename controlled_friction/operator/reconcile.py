@@ -6,7 +6,7 @@ import copy
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -153,8 +153,11 @@ def reconcile(
             else:
                 if measurements is None:
                     measurements = _measure(ctx, spec, status, policies, meta, now)
-                decision = plan(_input(ctx, body, annotations, spec, status, policies, namespace_labels,
-                                       measurements, now))
+                inp = _input(ctx, body, annotations, spec, status, policies, namespace_labels, measurements, now)
+                decision = plan(inp)
+                rejected = _dry_run(ctx, body, spec, decision)
+                if rejected:  # a template the API server refuses: the planner marks the Rollout Invalid
+                    decision = plan(replace(inp, obs=replace(inp.obs, workload_rejected=rejected)))
         cleared: list[str] = []
         try:
             _apply(ctx, body, spec, decision, raw_status, cleared)
@@ -203,6 +206,17 @@ def _input(ctx: Context, body: dict[str, Any], annotations: dict[str, str], spec
         ),
         now=now,
     )
+
+
+def _dry_run(ctx: Context, body: dict[str, Any], spec: RolloutSpec, decision: Decision) -> str | None:
+    """Why the API server would refuse a Deployment the decision asks for (checked before the status
+    is written, so a template it refuses never shows up as progress)."""
+    for a in decision.actions:
+        if isinstance(a, ApplyDeployment):
+            why = ctx.kube.dry_run_deployment(body["metadata"]["namespace"], deployment_body(body, spec, a))
+            if why:
+                return why
+    return None
 
 
 def _apply(ctx: Context, body: dict[str, Any], spec: RolloutSpec | None, decision: Decision,

@@ -152,3 +152,33 @@ def event_counts(kube: Kube, ns: str, name: str, reason: str, contains: str = ""
     """How many times the operator recorded Events with this reason (identical Events bump `count`)."""
     return sum(int(e.get("count") or 1) for e in kube.list_events(ns, name)
                if e.get("reason") == reason and contains in (e.get("message") or ""))
+
+
+class StepWatch:
+    """Polls one rollout and remembers when each step started: a start must never change."""
+
+    def __init__(self, kube: Kube, ns: str, name: str, canary: str) -> None:
+        self.kube, self.ns, self.name, self.canary = kube, ns, name, canary
+        self.starts: dict[int, str] = {}
+        self.problems: list[str] = []
+        self.phases: list[str] = []
+
+    def __call__(self) -> dict[str, Any]:
+        st = status(self.kube, self.ns, self.name)
+        if not self.phases or self.phases[-1] != st.get("phase"):
+            self.phases.append(str(st.get("phase")))
+        if st.get("canaryRevision") == self.canary and st.get("stepStartedAt"):
+            idx = int(st.get("currentStepIndex") or 0)
+            first = self.starts.setdefault(idx, st["stepStartedAt"])
+            if first != st["stepStartedAt"]:
+                self.problems.append(f"step {idx} restarted: {first} -> {st['stepStartedAt']}")
+            if idx < max(self.starts):
+                self.problems.append(f"step index went back to {idx}")
+        return st
+
+    def until(self, predicate: Any, timeout: float, what: str) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            st = self()
+            return st if predicate(st) else None
+
+        return wait_for(check, timeout, message=what)

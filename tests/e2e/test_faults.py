@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 
 from controlled_friction import names
-from controlled_friction.adapters.kube import Kube
 from controlled_friction.sandbox import cluster
 from controlled_friction.sandbox.cluster import SandboxInfo
 from controlled_friction.sandbox.operator_proc import OperatorProcess
 
 from .rollouts import (
     ERRORS,
+    StepWatch,
     admin,
     apply_as,
     deployment,
@@ -55,36 +55,6 @@ def _stable_v1(ns: str, name: str = "checkout", **kw: Any) -> dict[str, Any]:
 def _last(st: dict[str, Any], metric: str) -> dict[str, Any]:
     ms = [m for m in (st.get("analysis") or {}).get("metrics") or [] if m["metric"] == metric]
     return ms[0] if ms else {}
-
-
-class StepWatch:
-    """Polls one rollout and remembers when each step started: a start must never change."""
-
-    def __init__(self, kube: Kube, ns: str, name: str, canary: str) -> None:
-        self.kube, self.ns, self.name, self.canary = kube, ns, name, canary
-        self.starts: dict[int, str] = {}
-        self.problems: list[str] = []
-        self.phases: list[str] = []
-
-    def __call__(self) -> dict[str, Any]:
-        st = status(self.kube, self.ns, self.name)
-        if not self.phases or self.phases[-1] != st.get("phase"):
-            self.phases.append(str(st.get("phase")))
-        if st.get("canaryRevision") == self.canary and st.get("stepStartedAt"):
-            idx = int(st.get("currentStepIndex") or 0)
-            first = self.starts.setdefault(idx, st["stepStartedAt"])
-            if first != st["stepStartedAt"]:
-                self.problems.append(f"step {idx} restarted: {first} -> {st['stepStartedAt']}")
-            if idx < max(self.starts):
-                self.problems.append(f"step index went back to {idx}")
-        return st
-
-    def until(self, predicate: Any, timeout: float, what: str) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            st = self()
-            return st if predicate(st) else None
-
-        return wait_for(check, timeout, message=what)
 
 
 # ---------------------------------------------------------------- Prometheus
