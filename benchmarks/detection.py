@@ -49,7 +49,7 @@ OPERATOR_TICK = 2.0  # the operator's kopf timer interval (CF_TICK_SECONDS defau
 STEPS: list[dict[str, Any]] = [{"setWeight": CANARY_WEIGHT}, {"pause": {"duration": "10m"}}]
 ANALYSIS: dict[str, Any] = {
     "interval": "2s",
-    "window": "20s",
+    "window": "10s",  # noise is handled by the significance test, so a short window only speeds detection
     "metrics": [
         {"name": "error-ratio", "kind": "errorRatio", "maxRatio": 0.05, "maxIncreaseOverStable": 0.01},
         {"name": "orders", "kind": "orderRateDrop", "maxDrop": 0.3},

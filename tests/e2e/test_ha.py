@@ -113,10 +113,16 @@ def test_two_peered_operators_one_acts_and_the_other_takes_over(
         assert _reconciles(standby.metrics_port) == 0, "the standby reconciled while the active one was alive"
         assert active.alive() and standby.alive()
 
+        offset = standby.log_path.stat().st_size  # the log is appended to across runs
         active.kill()  # SIGKILL: no goodbye in the peering status; the standby waits out its lifetime
         t_kill = time.monotonic()
-        wait_for(lambda: "Resuming operations after the pause" in standby.log_path.read_text(errors="replace"),
-                 90, message="the standby resuming")
+
+        def resumed() -> bool:
+            with standby.log_path.open("rb") as f:
+                f.seek(offset)
+                return b"Resuming operations after the pause" in f.read()
+
+        wait_for(resumed, 90, message="the standby resuming")
         takeover = time.monotonic() - t_kill
         st = watch.until(lambda s: s.get("phase") == "Healthy" and s.get("stableRevision") == revision(v2), 150,
                          "promotion by the standby after the takeover")
