@@ -167,7 +167,8 @@ class BadInput:
         return obj
 
 
-R, P = "Rollout", "FrictionPolicy"
+R: Kind = "Rollout"
+P: Kind = "FrictionPolicy"
 HUGE_QUERY = "sum(rate(http_requests_total{service=\"{{service}}\"}[1m]))" + " + 0" * 1500
 ROLLOUT_CASES: list[BadInput] = [
     BadInput("replicas-string", R, put("spec", "replicas", value="three"), ("spec.replicas",)),

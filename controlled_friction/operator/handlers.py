@@ -108,7 +108,7 @@ def policy_status(type: str, name: str, spec: kopf.Spec, status: kopf.Status, me
         return
     problems = [p.message for p in admission.policy_spec_problems(dict(spec))]
     want = {"valid": not problems, "message": "; ".join(problems) or "policy is valid"}
-    if dict(status) .get("valid") != want["valid"] or dict(status).get("message") != want["message"]:
+    if dict(status).get("valid") != want["valid"] or dict(status).get("message") != want["message"]:
         try:
             memo["ctx"].kube.patch_policy_status(name, want)
         except Exception:

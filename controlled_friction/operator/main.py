@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 
 import kopf
 
@@ -24,6 +25,10 @@ def run(
 ) -> None:
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig
+    if peering is not None and priority == 0:
+        # kopf pauses every operator that sees a live peer of the same priority, so replicas started
+        # alike (a Deployment) would all stand by: give each its own, and the highest one acts.
+        priority = 1 + secrets.randbelow(2**31 - 1)
     RUN.peering, RUN.priority = peering, priority
     RUN.webhook_mode, RUN.webhook_host, RUN.webhook_port = webhook_mode, webhook_host, webhook_port
     RUN.metrics_port = metrics_port

@@ -121,15 +121,17 @@ def user_kube(user: str) -> Kube:
 
 def create_rollout(kube: Kube, obj: dict[str, Any]) -> dict[str, Any]:
     ns = obj["metadata"]["namespace"]
-    return kube.custom.create_namespaced_custom_object(names.GROUP, names.VERSION, ns, names.ROLLOUT_PLURAL, obj)
+    out = kube.custom.create_namespaced_custom_object(names.GROUP, names.VERSION, ns, names.ROLLOUT_PLURAL, obj)
+    return dict(out)  # type: ignore[call-overload]
 
 
 def patch_spec(kube: Kube, obj: dict[str, Any]) -> dict[str, Any]:
     """Merge-patch the Rollout's spec to `obj`'s (a new template makes a new revision)."""
     meta = obj["metadata"]
-    return kube.custom.patch_namespaced_custom_object(
+    out = kube.custom.patch_namespaced_custom_object(
         names.GROUP, names.VERSION, meta["namespace"], names.ROLLOUT_PLURAL, meta["name"], {"spec": obj["spec"]}
     )
+    return dict(out)  # type: ignore[call-overload]
 
 
 def operator_metrics(port: int) -> list[tuple[str, dict[str, str], float]]:
@@ -181,4 +183,11 @@ class StepWatch:
             st = self()
             return st if predicate(st) else None
 
-        return wait_for(check, timeout, message=what)
+        found: dict[str, Any] | None = wait_for(check, timeout, message=what)
+        assert found is not None
+        return found
+
+
+def canary_steps(*items: int | str) -> list[dict[str, Any]]:
+    """Steps from a short form: a number is a setWeight, a string a timed pause (`canary_steps(20, "15s")`)."""
+    return [{"setWeight": i} if isinstance(i, int) else {"pause": {"duration": i}} for i in items]

@@ -31,7 +31,7 @@ from controlled_friction.sandbox import cluster
 from controlled_friction.sandbox.operator_proc import OperatorProcess
 
 from ..test_bad_input_unit import ALL_CASES, BadInput, mentions, valid_rollout
-from .rollouts import admin, apply_as, revision, rollout, status, wait_phase
+from .rollouts import admin, apply_as, canary_steps, revision, rollout, status, wait_phase
 from .waiting import wait_for
 
 pytestmark = pytest.mark.e2e
@@ -103,7 +103,7 @@ def test_malformed_objects_are_refused_or_marked_invalid(live_operator: Operator
     pid = live_operator.proc.pid if live_operator.proc else None
 
     # A healthy rollout that must keep progressing through all of this.
-    steps = [{"setWeight": 20}, {"pause": {"duration": "20s"}}, {"setWeight": 50}, {"pause": {"duration": "2s"}}]
+    steps = canary_steps(20, "20s", 50, "2s")
     v1 = rollout(namespace, "shop/app:1", steps, name="healthy", replicas=2)
     apply_as("dave", v1)
     wait_phase(kube, namespace, "Healthy", name="healthy", revision_=revision(v1))
@@ -158,8 +158,12 @@ def test_malformed_objects_are_refused_or_marked_invalid(live_operator: Operator
                     out[i] = (st.get("valid") is False, str(st.get("message", "")))
             return out
 
-        final = wait_for(lambda: (v := verdicts()) and all(ok for ok, _ in v.values()) and v, 60,
-                         message="every admitted object marked invalid") if admitted else {}
+        def all_invalid() -> dict[int, tuple[bool, str]] | None:
+            v = verdicts()
+            return v if all(ok for ok, _ in v.values()) else None
+
+        final = wait_for(all_invalid, 60, message="every admitted object marked invalid") if admitted else {}
+        assert final is not None
         for i, (_, message) in final.items():
             case = ALL_CASES[i]
             if not mentions(message, case):
@@ -185,5 +189,5 @@ def test_malformed_objects_are_refused_or_marked_invalid(live_operator: Operator
 
 
 def _policy_status(kube: Kube, name: str) -> dict[str, Any]:
-    obj = kube.custom.get_cluster_custom_object(names.GROUP, names.VERSION, names.POLICY_PLURAL, name)
+    obj: Any = kube.custom.get_cluster_custom_object(names.GROUP, names.VERSION, names.POLICY_PLURAL, name)
     return dict(obj.get("status") or {})

@@ -23,6 +23,7 @@ from .rollouts import (
     StepWatch,
     admin,
     apply_as,
+    canary_steps,
     deployment,
     event_counts,
     metric_sum,
@@ -38,7 +39,7 @@ from .waiting import wait_for
 pytestmark = pytest.mark.e2e
 VERDICTS = "controlled_friction_verdicts_total"
 CONFLICTS = "controlled_friction_conflicts_total"
-QUICK = [{"setWeight": 20}, {"pause": {"duration": "4s"}}]
+QUICK = canary_steps(20, "4s")
 
 
 def _metric(name: str, **fields: Any) -> dict[str, Any]:
@@ -63,7 +64,7 @@ def _last(st: dict[str, Any], metric: str) -> dict[str, Any]:
 def test_prometheus_restart_mid_analysis_resumes_and_finishes(live_operator: OperatorProcess, namespace: str,
                                                               sandbox: SandboxInfo):
     kube, metric = admin(), "errors-restart"
-    steps = [{"setWeight": 20}, {"pause": {"duration": "15s"}}, {"setWeight": 50}, {"pause": {"duration": "4s"}}]
+    steps = canary_steps(20, "15s", 50, "4s")
     _stable_v1(namespace, metrics=[_metric(metric)])
     v2 = rollout(namespace, "shop/app:2", steps, metrics=[_metric(metric)], errorLimit=30)
     apply_as("dave", v2)
@@ -138,9 +139,9 @@ def test_hung_empty_and_nan_prometheus_answers_never_promote_and_roll_back(
 ):
     """Three rollouts at once, each with one broken source of verdicts, a long bake, small limits."""
     kube = admin()
-    steps = [{"setWeight": 25}, {"pause": {"duration": "60s"}}]
+    steps = canary_steps(25, "60s")
     service_rate = 'sum(rate(http_requests_total{namespace="{{namespace}}",service="{{service}}"}[{{window}}]))'
-    cases = {
+    cases: dict[str, tuple[dict[str, Any], dict[str, Any], str, int, str]] = {
         # name: (metric, analysis overrides, expected verdict, limit, words in the rollback message)
         "hung": (_metric("prom-hung"), {"errorLimit": 2}, "error", 2, "Prometheus unavailable for 2"),
         "empty": ({"name": "empty-series", "kind": "query", "max": 1,
@@ -185,8 +186,10 @@ def test_hung_empty_and_nan_prometheus_answers_never_promote_and_roll_back(
         assert deployment(kube, namespace, "stable", name)["spec"]["template"]["metadata"]["labels"][
             names.LABEL_REVISION] != revision(v2s[name])
         assert event_counts(kube, namespace, name, "RollbackTriggered") == 1
-        wait_for(lambda n=name: deployment(kube, namespace, "canary", n)["spec"]["replicas"] == 0, 30,
-                 message=f"{name} canary at 0")
+        def canary_at_zero(n: str = name) -> bool:
+            return bool(deployment(kube, namespace, "canary", n)["spec"]["replicas"] == 0)
+
+        wait_for(canary_at_zero, 30, message=f"{name} canary at 0")
         assert not watches[name].problems, watches[name].problems
     print(f"\nhung Prometheus: {hole.accepted} connections accepted and never answered")
 
@@ -197,7 +200,7 @@ def test_hung_empty_and_nan_prometheus_answers_never_promote_and_roll_back(
 def test_apiserver_restart_mid_bake_operator_reconnects_and_finishes(live_operator: OperatorProcess,
                                                                      namespace: str):
     kube = admin()
-    steps = [{"setWeight": 20}, {"pause": {"duration": "20s"}}, {"setWeight": 50}, {"pause": {"duration": "2s"}}]
+    steps = canary_steps(20, "20s", 50, "2s")
     _stable_v1(namespace)
     v2 = rollout(namespace, "shop/app:2", steps)
     apply_as("dave", v2)
@@ -235,7 +238,7 @@ def test_conflicting_writers_are_replanned_not_overwritten(live_operator: Operat
     followed by a re-read and a new plan: the rollout still walks every step once, in order, and
     the other writer's changes survive."""
     kube = admin()
-    steps = [{"setWeight": 20}, {"pause": {"duration": "6s"}}, {"setWeight": 50}, {"pause": {"duration": "6s"}}]
+    steps = canary_steps(20, "6s", 50, "6s")
     _stable_v1(namespace, metrics=[_metric("errors-409")])
     conflicts_before = metric_sum(operator_metrics(sandbox.ports["operator_health"]), CONFLICTS)
     hammer_kube = user_kube("admin")

@@ -29,6 +29,7 @@ from .rollouts import (
     StepWatch,
     admin,
     apply_as,
+    canary_steps,
     event_counts,
     metric_sum,
     operator_metrics,
@@ -99,7 +100,7 @@ def test_two_peered_operators_one_acts_and_the_other_takes_over(
         [standby_id] = set(_peers()) - first
         assert _peers()[standby_id]["priority"] == 50
 
-        steps = [{"setWeight": 20}, {"pause": {"duration": "15s"}}, {"setWeight": 50}, {"pause": {"duration": "2s"}}]
+        steps = canary_steps(20, "15s", 50, "2s")
         v1 = rollout(namespace, "shop/app:1", steps)
         apply_as("dave", v1)  # admission by the standby's webhook server
         wait_for(lambda: status(kube, namespace).get("phase") == "Healthy", 90, message="v1 Healthy")
@@ -136,5 +137,42 @@ def test_two_peered_operators_one_acts_and_the_other_takes_over(
     finally:
         active.kill()
         standby.stop()
+        live_operator.start()
+        live_operator.wait_webhook_ready()
+
+
+def test_replicas_started_alike_get_distinct_priorities_and_exactly_one_acts(
+    live_operator: OperatorProcess, namespace: str, sandbox: SandboxInfo, peering_crd: None
+):
+    """The chart starts every replica with the same flags (`--peering NAME`, no priority). kopf pauses
+    all operators that see a live peer of equal priority, so the operator must not leave them tied."""
+    kube = admin()
+    logs = sandbox.state_dir / "logs"
+    live_operator.stop()
+    first = WebhooklessOperator(log_path=logs / "ha-alike-1.log", webhook_port=0, metrics_port=_free_port(),
+                                peering=PEERING)
+    second = OperatorProcess(log_path=logs / "ha-alike-2.log", webhook_port=sandbox.ports["webhook"],
+                             metrics_port=sandbox.ports["operator_health"], peering=PEERING)
+    assert first.priority == second.priority == 0  # as the chart runs them: no --priority of their own
+    try:
+        first.start()
+        [first_id] = wait_for(lambda: set(_peers()), 60, message="the first keep-alive")
+        second.start()
+        second.wait_webhook_ready()
+        peers = wait_for(lambda: p if len(p := _peers()) == 2 else None, 60, message="both in the peering")
+        assert peers is not None
+        [second_id] = set(peers) - {first_id}
+        priorities = {first_id: peers[first_id]["priority"], second_id: peers[second_id]["priority"]}
+        assert len(set(priorities.values())) == 2 and 0 not in priorities.values(), priorities
+
+        apply_as("dave", rollout(namespace, "shop/app:1", [{"setWeight": 50}], replicas=1))
+        wait_for(lambda: status(kube, namespace).get("phase") == "Healthy", 60, message="someone acts")
+        acted = {first_id: _reconciles(first.metrics_port), second_id: _reconciles(second.metrics_port)}
+        leader = max(priorities, key=lambda i: priorities[i])
+        assert acted[leader] > 0 and all(n == 0 for i, n in acted.items() if i != leader), (priorities, acted)
+        print(f"\nreplicas started alike: priorities {sorted(priorities.values())}; only the highest reconciled")
+    finally:
+        first.stop()
+        second.stop()
         live_operator.start()
         live_operator.wait_webhook_ready()
