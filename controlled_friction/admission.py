@@ -25,7 +25,15 @@ from pydantic import ValidationError
 from controlled_friction import names
 from controlled_friction.analysis import validate_query
 from controlled_friction.errors import readable_errors
-from controlled_friction.models.approval import ApprovalEntry, dump_record, parse_record, sign, verify
+from controlled_friction.models.approval import (
+    ApprovalEntry,
+    dump_record,
+    parse_record,
+    sign,
+    sign_author,
+    verify,
+    verify_author,
+)
 from controlled_friction.models.policy import FrictionPolicySpec, FrictionRules, NamedPolicy
 from controlled_friction.models.rollout import MetricSpec, RolloutSpec
 from controlled_friction.planner import name_problems, step_metric_problems
@@ -151,6 +159,9 @@ def mutate_rollout(req: AdmissionInput, key: bytes, now: datetime) -> Mutation:
     if _template_changed(req) and rev is not None:
         if ann.get(names.ANN_AUTHOR) != req.user:
             changes[names.ANN_AUTHOR] = req.user
+        signature = sign_author(rollout_id(req.new), rev, req.user, key)
+        if ann.get(names.ANN_AUTHOR_SIGNATURE) != signature:
+            changes[names.ANN_AUTHOR_SIGNATURE] = signature
         record = [e for e in record if e.revision == rev]
         touched = True
         if req.operation == "UPDATE" and len(record) < len(entries):
@@ -214,6 +225,7 @@ def validate_rollout(
         problems += [Problem(p, UNPROCESSABLE) for p in name_problems(str(_meta(new).get("name") or ""))]
     problems += _approve_problems(req)
     problems += _author_problems(req)
+    problems += _author_signature_problems(req, key)
     problems += _record_problems(req, key, policies, namespace_labels, _utc(now))
     return problems
 
@@ -279,6 +291,24 @@ def _author_problems(req: AdmissionInput) -> list[Problem]:
     ]
 
 
+def _author_signature_problems(req: AdmissionInput, key: bytes) -> list[Problem]:
+    """The author signature changes only with the template, and then it is the webhook's own."""
+    ann, old_ann = _annotations(req.new), _annotations(req.old)
+    new_sig = ann.get(names.ANN_AUTHOR_SIGNATURE)
+    rev = _revision(req.new)
+    if _template_changed(req) and rev is not None:
+        if verify_author(new_sig, rollout_id(req.new), rev, req.user, key):
+            return []
+    elif new_sig == old_ann.get(names.ANN_AUTHOR_SIGNATURE):
+        return []
+    return [
+        Problem(
+            f"{names.ANN_AUTHOR_SIGNATURE} is written only by the admission webhook, with {names.ANN_AUTHOR}, "
+            "when spec.template changes; remove it from your manifest or undo your change to it"
+        )
+    ]
+
+
 def _record_problems(
     req: AdmissionInput,
     key: bytes,
@@ -315,6 +345,17 @@ def _record_problems(
     problems: list[Problem] = []
     rollout = rollout_id(req.new)
     seen = {(e.user, e.revision) for e in kept}
+    if len(new_entries) > len(kept) and rev is not None and not verify_author(
+        ann.get(names.ANN_AUTHOR_SIGNATURE), rollout, rev, ann.get(names.ANN_AUTHOR), key
+    ):
+        # Without a verified author nobody can be excluded as the author, so nobody may approve.
+        problems.append(
+            Problem(
+                f"revision {rev} of {rollout} cannot be approved: its author was not recorded by the admission "
+                "webhook (spec.template changed while the webhook was bypassed); ask the author to change "
+                "spec.template again with the webhook running"
+            )
+        )
     for i, entry in enumerate(new_entries[len(kept) :], start=len(kept)):
         wrong = _forgery_signs(entry, req, key, rollout, rev, now)
         if wrong:

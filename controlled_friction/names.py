@@ -17,6 +17,8 @@ LABEL_TIER = PREFIX + "tier"
 ANN_APPROVE = PREFIX + "approve"
 ANN_APPROVALS = PREFIX + "approvals"
 ANN_AUTHOR = PREFIX + "author"
+# HMAC binding `author` to the rollout and revision (written with it by the webhook; not in the contract).
+ANN_AUTHOR_SIGNATURE = PREFIX + "author-signature"
 ANN_CHANGE_AUTHOR = PREFIX + "change-author"
 ANN_AI_ASSISTED = PREFIX + "ai-assisted"
 ANN_ACTION = PREFIX + "action"

@@ -44,6 +44,11 @@ from controlled_friction.revision import revision_of
 HISTORY_LIMIT = 20
 CLOCK_SKEW = timedelta(minutes=5)
 ACTIONS = ("promote", "abort", "retry")
+UNVERIFIED_AUTHOR = (
+    "the author of revision {revision} was not recorded by the admission webhook (the template changed "
+    "while it was bypassed, or the author annotations were edited); change spec.template again with the "
+    "webhook running"
+)
 
 # ---------------------------------------------------------------- inputs
 
@@ -84,6 +89,9 @@ class Observations:
     policies: tuple[NamedPolicy, ...] = ()
     approvals: tuple[ApprovalObs, ...] = ()
     approval_problems: tuple[str, ...] = ()
+    # Whether `author` carries the webhook's signature for this rollout and revision. The shell always
+    # sets it; without a verified author nobody can be excluded, so no approval counts.
+    author_verified: bool = True
     measurements: tuple[Measurement, ...] = ()
     # Why the API server refuses the Deployment this revision needs (a server-side dry run said so).
     workload_rejected: str | None = None
@@ -561,6 +569,10 @@ class _Planner:
             )
         for p in self.obs.approval_problems:
             self.event("Warning", "ApprovalIgnored", p)
+        plan = self.st.effective_plan
+        if not self.obs.author_verified and plan is not None and any(s.kind == "approval" for s in plan.steps):
+            why = UNVERIFIED_AUTHOR.format(revision=self.revision)
+            self.event("Warning", "AuthorNotVerified", f"no approval counts: {why}")
         if names.ANN_APPROVE in self.inp.annotations:
             self.event(
                 "Warning",
@@ -573,6 +585,10 @@ class _Planner:
         plan = self.st.effective_plan
         assert plan is not None
         ann = self.inp.annotations
+        if not self.obs.author_verified:
+            need = max((r.count for r in step.approvals), default=0)
+            why = UNVERIFIED_AUTHOR.format(revision=self.revision)
+            return ApprovalCount([], False, f"0/{need}", f"a verified author before any approval counts: {why}")
         barred = {u for u in (ann.get(names.ANN_AUTHOR), ann.get(names.ANN_CHANGE_AUTHOR)) if u}
         return count_approvals(
             step.approvals,

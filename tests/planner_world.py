@@ -69,6 +69,7 @@ class World:
     policies: tuple[NamedPolicy, ...] = ()
     approvals: list[ApprovalEntry] = field(default_factory=list)
     ready: bool = True  # Deployments become ready immediately
+    author_verified: bool = True  # the shell's check of the webhook's author signature
     last: Decision | None = None
 
     @property
@@ -101,6 +102,7 @@ class World:
             namespace_labels=self.namespace_labels,
             policies=self.policies,
             approvals=tuple(ApprovalObs(a, verify(a, KEY)) for a in self.approvals),
+            author_verified=self.author_verified,
         )
 
     def apply(self, decision: Decision) -> None:

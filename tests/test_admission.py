@@ -18,7 +18,15 @@ import pytest
 
 from controlled_friction import admission, names
 from controlled_friction.admission import AdmissionInput
-from controlled_friction.models.approval import ApprovalEntry, dump_record, parse_record, sign, verify
+from controlled_friction.models.approval import (
+    ApprovalEntry,
+    dump_record,
+    parse_record,
+    sign,
+    sign_author,
+    verify,
+    verify_author,
+)
 from controlled_friction.models.policy import FrictionPolicySpec, NamedPolicy
 from controlled_friction.revision import revision_of
 
@@ -87,8 +95,8 @@ def rollout(
     namespace: str = "shop",
     author: str | None = "dave",
 ) -> dict[str, Any]:
-    """A Rollout in progress: canary V2 by dave over stable V1, no approvals yet."""
-    ann = {names.ANN_AUTHOR: author} if author else {}
+    """A Rollout in progress: canary V2 by dave over stable V1, no approvals yet (as the webhook left it)."""
+    ann = authored(author, f"{namespace}/{name}", tmpl) if author else {}
     ann.update(annotations or {})
     return {
         "apiVersion": names.API_VERSION,
@@ -96,6 +104,14 @@ def rollout(
         "metadata": {"name": name, "namespace": namespace, "labels": dict(labels or {}), "annotations": ann},
         "spec": spec(tmpl),
         "status": {"stableRevision": stable, "canaryRevision": revision_of(tmpl)} if stable else {},
+    }
+
+
+def authored(user: str, rollout_key: str = "shop/checkout", tmpl: dict[str, Any] = V2) -> dict[str, str]:
+    """The author annotations the mutating webhook writes for `user` changing the template to `tmpl`."""
+    return {
+        names.ANN_AUTHOR: user,
+        names.ANN_AUTHOR_SIGNATURE: sign_author(rollout_key, revision_of(tmpl), user, KEY),
     }
 
 
@@ -498,6 +514,57 @@ def test_setting_author_by_hand_is_rejected():
     )
 
 
+def test_mutation_signs_the_author_for_this_rollout_and_revision():
+    old = rollout(author="bob")
+    out = admit("alice", old, with_template(old, V3))
+    assert out.allowed, out.text
+    ann = out.obj["metadata"]["annotations"]
+    assert ann[names.ANN_AUTHOR] == "alice"
+    sig = ann[names.ANN_AUTHOR_SIGNATURE]
+    assert verify_author(sig, "shop/checkout", R3, "alice", KEY)
+    assert not verify_author(sig, "shop/checkout", R3, "bob", KEY)  # bound to the author,
+    assert not verify_author(sig, "shop/checkout", R2, "alice", KEY)  # the revision,
+    assert not verify_author(sig, "shop/other", R3, "alice", KEY)  # and the rollout
+    assert not verify_author(sig, "shop/checkout", R3, "alice", b"another key")
+
+
+@pytest.mark.parametrize(
+    "what, change",
+    [
+        ("signature of the author set by hand", {"author_signature": "0" * 64}),
+        ("author signature removed", {"author_signature": None}),
+        ("author and signature copied from another revision",
+         {"author": "bob", "author_signature": sign_author("shop/checkout", R1, "bob", KEY)}),
+    ],
+)
+def test_author_signature_is_written_only_by_the_webhook(what: str, change: dict[str, str | None]):
+    tried(what)
+    obj = rollout(author="alice")
+    out = admit("alice", obj, edit(obj, **change))
+    assert not out.allowed
+    assert f"{names.ANN_AUTHOR_SIGNATURE} is written only by the admission webhook" in out.text
+
+
+def test_a_signature_sent_with_a_template_change_is_replaced_by_the_webhook_own():
+    tried("template change carrying a signature for another author")
+    old = rollout(author="bob")
+    forged = sign_author("shop/checkout", R3, "bob", KEY)
+    out = admit("alice", old, edit(with_template(old, V3), author="bob", author_signature=forged))
+    assert out.allowed, out.text
+    ann = out.obj["metadata"]["annotations"]
+    assert ann[names.ANN_AUTHOR] == "alice" and verify_author(ann[names.ANN_AUTHOR_SIGNATURE], "shop/checkout", R3,
+                                                              "alice", KEY)
+
+
+def test_approval_of_a_revision_without_a_verified_author_is_refused():
+    tried("approve a revision whose author was set while the webhook was bypassed")
+    obj = rollout(author=None, annotations={names.ANN_AUTHOR: "alice"})  # no signature: not the webhook's
+    out = approve("bob", obj)
+    assert not out.allowed
+    assert f"revision {R2} of shop/checkout cannot be approved: its author was not recorded" in out.text
+    assert approve("bob", rollout(author="alice")).allowed
+
+
 def test_removing_author_is_rejected():
     tried("remove author")
     obj = rollout(author="alice")
@@ -718,7 +785,8 @@ def spec_problems(changes: dict[str, Any] | None = None, **top: Any) -> list[str
             node[last] = value
     obj = rollout()
     obj["spec"] = body
-    req = AdmissionInput("CREATE", "dave", GROUPS["dave"], None, edit(obj, author="dave"))
+    obj["metadata"]["annotations"].update(authored("dave", tmpl=obj["spec"]["template"]))
+    req = AdmissionInput("CREATE", "dave", GROUPS["dave"], None, obj)
     return [p.message for p in admission.validate_rollout(req, KEY, [], {}, NOW)]
 
 

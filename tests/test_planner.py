@@ -8,7 +8,7 @@ import pytest
 
 from controlled_friction import names
 from controlled_friction.models.policy import FrictionPolicySpec, NamedPolicy
-from controlled_friction.planner import ApplyDeployment, ScaleDeployment, canary_replicas
+from controlled_friction.planner import ApplyDeployment, RecordEvent, ScaleDeployment, canary_replicas
 from tests.planner_world import T0, World, approval, passing, spec, verdicts
 
 ERRORS = {"name": "errors", "kind": "errorRatio", "maxRatio": 0.02}
@@ -102,6 +102,26 @@ def test_approval_gate_counts_only_verified_distinct_non_author_approvals():
     w.tick(advance=1)
     assert w.status.current_step_index > 2
     assert {a.user for a in w.status.approvals} == {"alice", "bob"}
+
+
+def test_no_approval_counts_while_the_author_is_not_verified():
+    """A template changed behind the webhook's back (break-glass) has no signed author, so nobody
+    can be excluded: the gate stays shut even with two valid approvals, and says why."""
+    w = deployed([{"setWeight": 5}, {"setWeight": 50}])
+    w.labels = {names.LABEL_TIER: "critical"}
+    w.policies = (CRITICAL,)
+    w.annotations[names.ANN_AUTHOR] = "alice"  # claimed; the real author may be bob or anyone
+    w.author_verified = False
+    w.approvals = [approval("bob", w.revision, at=T0), approval("carol", w.revision, at=T0)]
+    for _ in range(3):
+        d = w.tick(advance=1)
+    assert w.status.phase == "AwaitingApproval"
+    assert w.status.approvals == [] and w.status.approvals_summary == "0/2"
+    assert f"the author of revision {w.revision} was not recorded by the admission webhook" in w.status.message
+    assert any(e.reason == "AuthorNotVerified" for e in d.actions if isinstance(e, RecordEvent))
+    w.author_verified = True
+    w.tick(advance=1)
+    assert w.status.current_step_index > 1 and {a.user for a in w.status.approvals} == {"bob", "carol"}
 
 
 def test_expired_approval_does_not_count():

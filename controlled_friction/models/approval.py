@@ -51,6 +51,25 @@ def verify(entry: ApprovalEntry, key: bytes) -> bool:
     return hmac.compare_digest(expected, entry.signature)
 
 
+def _author_payload(rollout: str, revision: str, author: str) -> bytes:
+    return canonical_json({"kind": "author", "rollout": rollout, "revision": revision, "author": author}).encode()
+
+
+def sign_author(rollout: str, revision: str, author: str, key: bytes) -> str:
+    """Signature of "`author` made `revision` of `rollout`", written by the webhook next to `author`.
+
+    Without it, someone who can bypass the webhook (break-glass) could change the template and name
+    another person as its author, then approve their own change once the webhook is back.
+    """
+    return hmac.new(key, _author_payload(rollout, revision, author), hashlib.sha256).hexdigest()
+
+
+def verify_author(signature: str | None, rollout: str, revision: str, author: str | None, key: bytes) -> bool:
+    if not key or not signature or not author:
+        return False
+    return hmac.compare_digest(sign_author(rollout, revision, author, key), signature)
+
+
 def parse_record(raw: str | None) -> tuple[list[ApprovalEntry], list[str]]:
     """Entries of an approvals annotation, plus a problem per entry that could not be read."""
     if not raw:

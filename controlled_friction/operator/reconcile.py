@@ -35,6 +35,7 @@ from controlled_friction.planner import (
     invalid,
     plan,
 )
+from controlled_friction.revision import revision_of
 from controlled_friction.workloads import deployment_body, observe_deployment, service_body
 
 log = structlog.get_logger("controlled_friction.reconcile")
@@ -202,6 +203,10 @@ def _input(ctx: Context, body: dict[str, Any], annotations: dict[str, str], spec
             policies=policies.valid,
             approvals=approvals,
             approval_problems=problems,
+            author_verified=approval.verify_author(
+                annotations.get(names.ANN_AUTHOR_SIGNATURE), f"{ns}/{name}", revision_of(spec.template),
+                annotations.get(names.ANN_AUTHOR), ctx.key,
+            ),
             measurements=measurements,
         ),
         now=now,

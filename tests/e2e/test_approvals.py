@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pytest
@@ -19,6 +20,12 @@ from .waiting import wait_for
 pytestmark = pytest.mark.e2e
 GATED = [{"setWeight": 20}, {"pause": {"duration": "2s"}}, {"setWeight": 50}]
 TRIED: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _forgery_summary() -> Iterator[None]:
+    yield
+    print(f"\napproval forgery variants tried through the API server: {len(TRIED)} ({', '.join(TRIED)})")
 
 
 def _approve(user: str, ns: str, rev: str) -> tuple[int, str]:
@@ -81,7 +88,6 @@ def test_forgeries_are_refused_and_seniors_open_the_gate(live_operator: Operator
     assert code == 0, out
     st = wait_phase(kube, namespace, "Healthy", timeout=120, revision_=rev)
     assert sorted(st["history"][-1]["approvers"]) == ["alice", "bob"]
-    print(f"\napproval forgery variants tried through the API server: {len(TRIED)} ({', '.join(TRIED)})")
 
 
 def test_template_change_voids_earlier_approvals(live_operator: OperatorProcess, namespace: str):
@@ -151,3 +157,33 @@ def test_record_written_while_webhook_bypassed_is_ignored(live_operator: Operato
     st = status(kube, namespace)
     assert st["phase"] == "AwaitingApproval" and st["approvals"] == []
     TRIED.append("forged record while the webhook was bypassed")
+
+
+def test_author_named_while_webhook_bypassed_cannot_launder_a_self_approval(live_operator: OperatorProcess,
+                                                                           namespace: str):
+    """Break-glass: carol changes the template and names alice as its author while the webhooks are
+    gone, hoping to approve her own change once they are back. The author is not signed for the new
+    revision, so the webhook refuses every approval and the operator counts none."""
+    kube = admin()
+    _at_gate(namespace)  # dave's v2 waits at the gate
+    live_operator.stop()
+    remove_webhook_configurations()
+    v3 = rollout(namespace, "shop/app:3", GATED, critical=True)
+    v3["metadata"]["annotations"] = {names.ANN_AUTHOR: "alice"}
+    try:
+        apply_as("carol", v3)  # nothing checks who wrote the template while the webhook is gone
+    finally:
+        live_operator.start()
+        live_operator.wait_webhook_ready()
+    rev3 = revision(v3)
+    st = wait_for(lambda: (s := status(kube, namespace)).get("canaryRevision") == rev3
+                  and s.get("phase") == "AwaitingApproval" and s, 90, message="gate of the laundered revision")
+    assert kube.get_rollout(namespace, "checkout")["metadata"]["annotations"][names.ANN_AUTHOR] == "alice"
+    for user in ("carol", "bob"):
+        _refused(f"approve a revision whose author was named while the webhook was bypassed ({user})",
+                 *_approve(user, namespace, rev3), "its author was not recorded by the admission webhook")
+    wait_for(lambda: any(e["reason"] == "AuthorNotVerified" for e in kube.list_events(namespace, "checkout")), 30,
+             message="AuthorNotVerified event")
+    st = status(kube, namespace)
+    assert st["phase"] == "AwaitingApproval" and st["approvals"] == [] and st["approvalsSummary"] == "0/2"
+    assert "not recorded by the admission webhook" in st["message"]
