@@ -9,6 +9,9 @@ from rich.console import Console, RenderableType
 
 from controlled_friction import names
 from controlled_friction.cli import views
+from controlled_friction.effective_plan import compute_effective_plan
+from controlled_friction.models.policy import FrictionPolicySpec, NamedPolicy
+from controlled_friction.models.rollout import RolloutSpec
 from controlled_friction.revision import revision_of
 
 NOW = datetime(2025, 3, 4, 12, 0, 0, tzinfo=UTC)
@@ -309,6 +312,34 @@ def test_explain_without_canary_marks_no_current_step() -> None:
     text = render(views.explain_view(rollout(st)))
     assert "← current" not in text
     assert "plan of the last canary" in text
+
+
+def test_explain_without_canary_previews_the_next_plan_from_current_policies() -> None:
+    """Between canaries `explain` shows what the next template change would get (computed by the
+    operator's own function), not the last canary's plan."""
+    policy = NamedPolicy(
+        name="critical-now",
+        spec=FrictionPolicySpec.model_validate(
+            {"selector": {"rolloutSelector": {"matchLabels": {}}},
+             "rules": {"maxFirstWeight": 5, "approvals": {"count": 2, "approverGroups": [names.SENIOR_GROUP]}}}
+        ),
+    )
+    spec = RolloutSpec.model_validate({
+        "replicas": 4, "selector": {"matchLabels": {"app": "checkout"}}, "template": TEMPLATE,
+        "strategy": {"canary": {"steps": [{"setWeight": 20}, {"pause": {"duration": "1m"}}]}},
+    })
+    preview = compute_effective_plan(spec, [policy], ai_assisted=False)
+    st = {"phase": "Healthy", "stableRevision": revision_of(TEMPLATE), "currentStepIndex": 0, "effectivePlan": plan()}
+    text = render(views.explain_view(rollout(st), preview=preview))
+    line_with(text, "Canary", "preview of the plan the next template change gets")
+    line_with(text, "set canary weight to 5%", "critical-now: maxFirstWeight")
+    line_with(text, f"2 approvals from {names.SENIOR_GROUP} (required by critical-now)")
+    assert POLICY not in text  # the last canary's plan is not shown
+    assert "← current" not in text
+    # During a canary the frozen plan wins over any preview.
+    live = render(views.explain_view(rollout(canary_status()), preview=preview))
+    line_with(live, "set canary weight to 10%", f"{POLICY}: maxFirstWeight")
+    assert "preview" not in live
 
 
 def test_explain_before_any_plan() -> None:

@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
 
-from controlled_friction import names
+from controlled_friction import admission, names
 from controlled_friction.adapters.kube import Kube, NotFound
+from controlled_friction.effective_plan import compute_effective_plan, is_ai_assisted, matching_policies
+from controlled_friction.models.rollout import EffectivePlan, RolloutSpec
 from controlled_friction.revision import revision_of
 
 Action = Literal["promote", "abort", "retry"]
@@ -50,6 +53,22 @@ def get_rollout(kube: Kube, namespace: str, name: str) -> dict[str, Any]:
         return kube.get_rollout(namespace, name)
     except NotFound as exc:
         raise CommandError(f"rollout {namespace}/{name} not found") from exc
+
+
+def preview_plan(kube: Kube, obj: dict[str, Any]) -> EffectivePlan | None:
+    """The plan the next template change would get, from the Rollout and today's policies (the
+    operator's own computation); None when the spec cannot be read."""
+    try:
+        spec = RolloutSpec.model_validate(obj.get("spec") or {})
+    except ValidationError:
+        return None
+    meta = obj.get("metadata") or {}
+    policies = matching_policies(
+        admission.policies_from_objects(kube.list_policies()),
+        dict(meta.get("labels") or {}),
+        kube.namespace_labels(str(meta.get("namespace", ""))),
+    )
+    return compute_effective_plan(spec, policies, is_ai_assisted(dict(meta.get("annotations") or {})))
 
 
 def approval_revision(obj: dict[str, Any], revision: str | None) -> str:

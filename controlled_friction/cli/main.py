@@ -350,10 +350,13 @@ def explain(
     context: KubeContext = None,
     namespace: Namespace = None,
 ) -> None:
-    """The effective plan step by step, with the policy and rule behind each step and metric."""
+    """The effective plan step by step, with the policy and rule behind each step and metric.
+
+    During a canary: the plan frozen for it. Otherwise: the plan the next template change would get."""
     with reported_errors():
         kube, ns = _target(kubeconfig, context, namespace)
-        out.print(views.explain_view(actions.get_rollout(kube, ns, name)))
+        obj = actions.get_rollout(kube, ns, name)
+        out.print(views.explain_view(obj, preview=actions.preview_plan(kube, obj)))
 
 
 @app.command()

@@ -436,15 +436,19 @@ def _metrics_table(plan: EffectivePlan) -> Table:
     return table
 
 
-def explain_view(obj: dict[str, Any]) -> RenderableType:
-    """The effective plan step by step, with the policy and rule behind every change."""
+def explain_view(obj: dict[str, Any], preview: EffectivePlan | None = None) -> RenderableType:
+    """The effective plan step by step, with the policy and rule behind every change.
+
+    A canary in progress shows the plan frozen for it; otherwise `preview` (the plan the next
+    template change would get), else the last canary's plan."""
     meta = _meta(obj)
     title = f"Effective plan of {meta.get('namespace', '?')}/{meta.get('name', '?')}"
     st, problem = read_status(obj)
     if st is None:
         body = Text(f"cannot read the status: {problem}", style="red")
         return Panel(body, title=title, title_align="left", expand=False)
-    plan = st.effective_plan
+    active = _has_canary(st)
+    plan = st.effective_plan if active or preview is None else preview
     if plan is None:
         return Panel(
             Text(
@@ -456,9 +460,14 @@ def explain_view(obj: dict[str, Any]) -> RenderableType:
             expand=False,
         )
     grid = _field_grid()
-    active = _has_canary(st)
     if active:
         grid.add_row("Canary", Text(f"revision {st.canary_revision}, phase {st.phase}"))
+    elif plan is preview:
+        grid.add_row(
+            "Canary",
+            Text(f"none in progress (phase {st.phase}); preview of the plan the next template change gets, "
+                 "from the Rollout and the FrictionPolicies as they are now"),
+        )
     else:
         grid.add_row("Canary", Text(f"none in progress (phase {st.phase}); this is the plan of the last canary"))
     grid.add_row(
@@ -468,7 +477,7 @@ def explain_view(obj: dict[str, Any]) -> RenderableType:
     ann_ai = _annotations(obj).get(names.ANN_AI_ASSISTED, "").strip().lower() == "true"
     if plan.ai_assisted:
         ai = "yes: the aiAssisted rules of the matching policies apply"
-    elif ann_ai:
+    elif ann_ai and plan is not preview:
         ai = "annotated, but this plan was computed without it; it applies from the next revision"
     else:
         ai = f'no (annotate {names.ANN_AI_ASSISTED}="true" to apply the policies\' aiAssisted rules)'

@@ -13,6 +13,7 @@ from controlled_friction.sandbox.operator_proc import OperatorProcess
 from .rollouts import (
     ERRORS,
     ORDERS,
+    StepWatch,
     admin,
     apply_as,
     deployment,
@@ -149,3 +150,53 @@ def test_prometheus_down_never_promotes_then_rolls_back(live_operator: OperatorP
         assert st["stableRevision"] != revision(v2)
     finally:
         cluster.start_component("prometheus")
+
+
+def _analysis_step_plan(metric: str, duration: str) -> list[dict]:
+    return [{"setWeight": 20}, {"analysis": {"metrics": [metric], "duration": duration}}, {"setWeight": 50},
+            {"pause": {"duration": "2s"}}]
+
+
+def test_analysis_step_lasts_its_duration_and_needs_a_passing_measurement(live_operator: OperatorProcess,
+                                                                          namespace: str):
+    kube = admin()
+    steps = _analysis_step_plan("errors", "8s")
+    _stable_v1(namespace, metrics=[ERRORS])
+    v2 = rollout(namespace, "shop/app:2", steps, metrics=[ERRORS])
+    apply_as("dave", v2)
+    watch = StepWatch(kube, namespace, "checkout", revision(v2))
+    in_step = watch.until(lambda s: s.get("currentStepIndex") == 1, 60, "the analysis step")
+    assert "analysing at 20%" in in_step["message"], in_step["message"]
+    after = watch.until(lambda s: (s.get("currentStepIndex") or 0) >= 2 or s.get("phase") == "Healthy", 90,
+                        "past the analysis step")
+    st = wait_phase(kube, namespace, "Healthy", timeout=60, revision_=revision(v2))
+    assert not watch.problems, watch.problems
+    # The step lasted at least its duration, measured between the operator's own timestamps.
+    started = datetime.fromisoformat(watch.starts[1].replace("Z", "+00:00"))
+    ended = watch.starts.get(2) or after.get("stepStartedAt")
+    assert ended is not None
+    assert (datetime.fromisoformat(ended.replace("Z", "+00:00")) - started).total_seconds() >= 8
+    assert st["history"][-1]["outcome"] == "Promoted"
+
+
+def test_analysis_step_without_data_never_passes_and_rolls_back(live_operator: OperatorProcess, namespace: str):
+    """A query that returns no series: the analysis step holds past its duration, then the
+    inconclusive limit rolls the canary back; the stable version is never touched."""
+    kube = admin()
+    blind = {"name": "blind", "kind": "query", "max": 1,
+             "query": 'sum(rate(no_such_metric_total{service="{{service}}"}[{{window}}]))'}
+    steps = _analysis_step_plan("blind", "4s")
+    v1 = _stable_v1(namespace, metrics=[blind], inconclusiveLimit=6)
+    v2 = rollout(namespace, "shop/app:2", steps, metrics=[blind], inconclusiveLimit=6)
+    apply_as("dave", v2)
+    watch = StepWatch(kube, namespace, "checkout", revision(v2))
+    held = watch.until(lambda s: s.get("currentStepIndex") == 1 and "holding" in (s.get("message") or ""), 60,
+                       "the analysis step holding after its 4s")
+    assert "blind is inconclusive" in held["message"], held["message"]
+    st = wait_phase(kube, namespace, "RolledBack", timeout=90)
+    watch()
+    assert max(watch.starts) == 1, f"left the analysis step without data: {watch.starts}"
+    assert "inconclusive 6x in a row" in st["message"], st["message"]
+    stable = deployment(kube, namespace, "stable")
+    assert stable["spec"]["template"]["metadata"]["labels"][names.LABEL_REVISION] == revision(v1)
+    wait_for(lambda: deployment(kube, namespace, "canary")["spec"]["replicas"] == 0, 30, message="canary at 0")
