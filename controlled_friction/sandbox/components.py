@@ -92,6 +92,9 @@ def kube_apiserver(p: Paths) -> Component:
             # 127.0.0.1 is not a valid Endpoints address; nothing in the sandbox needs the
             # `kubernetes` Service's endpoints, so do not reconcile them (avoids log spam).
             "--endpoint-reconciler-type=none",
+            # Reach Services (webhooks in `service` mode) through their EndpointSlices: there is no
+            # kube-proxy here to route a ClusterIP.
+            "--enable-aggregator-routing=true",
             "--allow-privileged=true",
             "--event-ttl=1h",
             "--profiling=false",

@@ -12,7 +12,6 @@ kill, and admission keeps working throughout, as it would behind a Service.
 from __future__ import annotations
 
 import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from .rollouts import (
     apply_as,
     canary_steps,
     event_counts,
+    free_port,
     metric_sum,
     operator_metrics,
     revision,
@@ -53,12 +53,6 @@ class WebhooklessOperator(OperatorProcess):
         i = cmd.index("--webhook-mode")
         cmd[i + 1] = "none"
         return cmd
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _peers() -> dict[str, Any]:
@@ -101,7 +95,7 @@ def test_two_peered_operators_one_acts_and_the_other_takes_over(
     kube = admin()
     logs = sandbox.state_dir / "logs"
     live_operator.stop()  # standalone: it would act next to the peers; restarted at the end
-    active = WebhooklessOperator(log_path=logs / "ha-active.log", webhook_port=0, metrics_port=_free_port(),
+    active = WebhooklessOperator(log_path=logs / "ha-active.log", webhook_port=0, metrics_port=free_port(),
                                  peering=PEERING, priority=100)
     standby = OperatorProcess(log_path=logs / "ha-standby.log", webhook_port=sandbox.ports["webhook"],
                               metrics_port=sandbox.ports["operator_health"], peering=PEERING, priority=50)
@@ -163,7 +157,7 @@ def test_replicas_started_alike_get_distinct_priorities_and_exactly_one_acts(
     kube = admin()
     logs = sandbox.state_dir / "logs"
     live_operator.stop()
-    first = WebhooklessOperator(log_path=logs / "ha-alike-1.log", webhook_port=0, metrics_port=_free_port(),
+    first = WebhooklessOperator(log_path=logs / "ha-alike-1.log", webhook_port=0, metrics_port=free_port(),
                                 peering=PEERING)
     second = OperatorProcess(log_path=logs / "ha-alike-2.log", webhook_port=sandbox.ports["webhook"],
                              metrics_port=sandbox.ports["operator_health"], peering=PEERING)
