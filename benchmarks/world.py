@@ -14,19 +14,11 @@ termination. Numbers measured with it are the analysis loop's latency, not the c
 from __future__ import annotations
 
 import contextlib
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-
-import requests
-import yaml
 
 from controlled_friction.adapters.prometheus import PrometheusClient, measure
 from controlled_friction.analysis import QueryContext, promql_duration
@@ -42,80 +34,22 @@ from controlled_friction.planner import (
     due_metrics,
     plan,
 )
+from controlled_friction.sandbox import throwaway_prometheus
 from controlled_friction.sandbox.simulator import StaticSource
 from controlled_friction.sandbox.traffic import HEALTHY, FaultProfile, Track
 
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-
-
-# ---------------------------------------------------------------- Prometheus
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2) -> None:
-    """Poll `predicate` (exceptions count as "not yet") until it holds or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except Exception as exc:
-            last = exc
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}" + (f": {last!r}" if last else ""))
-
 
 def prometheus_version() -> str:
-    out = subprocess.run([PROMETHEUS, "--version"], capture_output=True, text=True, timeout=30, check=False)
-    first = (out.stdout or out.stderr).splitlines()
-    return first[0] if first else "unknown"
+    return throwaway_prometheus.version()
 
 
 @contextlib.contextmanager
 def running_prometheus(targets: list[str], scrape_interval: float, startup_timeout: float = 60.0) -> Iterator[str]:
     """A throwaway Prometheus scraping `targets`; yields its URL once every target was scraped up."""
-    interval = promql_duration(scrape_interval)
-    with tempfile.TemporaryDirectory(prefix="cf-bench-prom-") as tmp:
-        config = {
-            "global": {"scrape_interval": interval, "scrape_timeout": interval, "evaluation_interval": interval},
-            # honor_labels: the simulator speaks for many services and sets their labels itself.
-            "scrape_configs": [{"job_name": "app", "honor_labels": True, "static_configs": [{"targets": targets}]}],
-        }
-        config_file, log_file = Path(tmp, "prometheus.yml"), Path(tmp, "prometheus.log")
-        config_file.write_text(yaml.safe_dump(config))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        url = f"http://127.0.0.1:{port}"
-        with open(log_file, "wb") as log:
-            proc = subprocess.Popen(
-                [
-                    PROMETHEUS,
-                    f"--config.file={config_file}",
-                    f"--storage.tsdb.path={tmp}/data",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    "--log.level=warn",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-
-            def scraped() -> bool:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"prometheus exited ({proc.returncode}): {log_file.read_text()[-2000:]}")
-                resp = requests.get(f"{url}/api/v1/targets", timeout=2)
-                active = resp.json()["data"]["activeTargets"]
-                return bool(active) and all(t.get("health") == "up" for t in active)
-
-            try:
-                wait_until(scraped, startup_timeout, "Prometheus to scrape its targets")
-            except TimeoutError as exc:
-                raise TimeoutError(f"{exc}\nprometheus log:\n{log_file.read_text()[-2000:]}") from exc
-            yield url
-        finally:
-            proc.kill()  # throwaway data: no need for a clean TSDB shutdown
-            proc.wait(timeout=30)
+    with throwaway_prometheus.running_prometheus(
+        targets, promql_duration(scrape_interval), startup_timeout, wait_for_targets=True
+    ) as url:
+        yield url
 
 
 # ---------------------------------------------------------------- one rollout

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from controlled_friction import names
-from controlled_friction.analysis import validate_query
+from controlled_friction.analysis import query_problems
 from controlled_friction.errors import readable_errors
 from controlled_friction.models.approval import (
     ApprovalEntry,
@@ -35,8 +35,8 @@ from controlled_friction.models.approval import (
     verify_author,
 )
 from controlled_friction.models.policy import FrictionPolicySpec, FrictionRules, NamedPolicy
-from controlled_friction.models.rollout import MetricSpec, RolloutSpec
-from controlled_friction.planner import name_problems, step_metric_problems
+from controlled_friction.models.rollout import RolloutSpec
+from controlled_friction.planner import name_problems, spec_problems
 from controlled_friction.revision import revision_of
 
 # An appended entry must be dated within this much of "now": the webhook writes it moments before the
@@ -515,37 +515,29 @@ def validate_policy(req: AdmissionInput) -> list[Problem]:
     return policy_spec_problems(new.get("spec"))
 
 
-def rollout_spec_problems(spec: Any) -> list[Problem]:
+def _schema_problems(model: type[BaseModel], spec: Any) -> tuple[Any, list[str]]:
+    """`spec` parsed as `model`, or None and what is wrong with it."""
     if not isinstance(spec, Mapping):
-        return [Problem("spec: is required", UNPROCESSABLE)]
+        return None, ["spec: is required"]
     try:
-        parsed = RolloutSpec.model_validate(dict(spec))
+        return model.model_validate(dict(spec)), []
     except ValidationError as exc:
-        return [Problem(line, UNPROCESSABLE) for line in readable_errors(exc)]
-    problems = _query_problems(parsed.analysis.metrics, "spec.analysis.metrics")
-    # The operator would mark such a Rollout Invalid: refuse it here first, with the planner's words.
-    return problems + [Problem(p, UNPROCESSABLE) for p in step_metric_problems(parsed)]
+        return None, readable_errors(exc)
+
+
+def rollout_spec_problems(spec: Any) -> list[Problem]:
+    parsed, problems = _schema_problems(RolloutSpec, spec)
+    if parsed is not None:
+        # The planner's own checks, so the webhook refuses exactly what the operator would mark Invalid.
+        problems = spec_problems(parsed)
+    return [Problem(p, UNPROCESSABLE) for p in problems]
 
 
 def policy_spec_problems(spec: Any) -> list[Problem]:
-    if not isinstance(spec, Mapping):
-        return [Problem("spec: is required", UNPROCESSABLE)]
-    try:
-        parsed = FrictionPolicySpec.model_validate(dict(spec))
-    except ValidationError as exc:
-        return [Problem(line, UNPROCESSABLE) for line in readable_errors(exc)]
-    problems = _query_problems(parsed.rules.required_metrics, "spec.rules.requiredMetrics")
-    if parsed.ai_assisted is not None:
-        problems += _query_problems(parsed.ai_assisted.required_metrics, "spec.aiAssisted.requiredMetrics")
-    return problems
-
-
-def _query_problems(metrics: list[MetricSpec], path: str) -> list[Problem]:
-    problems = []
-    for i, metric in enumerate(metrics):
-        if metric.kind == "query" and metric.query:
-            error = validate_query(metric.query)
-            if error:
-                problems.append(Problem(f"{path}[{i}].query: {error}", UNPROCESSABLE))
-    return problems
+    parsed, problems = _schema_problems(FrictionPolicySpec, spec)
+    if parsed is not None:
+        problems = query_problems(parsed.rules.required_metrics, "spec.rules.requiredMetrics")
+        if parsed.ai_assisted is not None:
+            problems += query_problems(parsed.ai_assisted.required_metrics, "spec.aiAssisted.requiredMetrics")
+    return [Problem(p, UNPROCESSABLE) for p in problems]
 

@@ -136,6 +136,17 @@ def validate_query(template: str) -> str | None:
     return None
 
 
+def query_problems(metrics: list[MetricSpec], path: str) -> list[str]:
+    """Custom queries among `metrics` that are not usable, each named by its path (`path[i].query`)."""
+    problems = []
+    for i, metric in enumerate(metrics):
+        if metric.kind == "query" and metric.query:
+            error = validate_query(metric.query)
+            if error:
+                problems.append(f"{path}[{i}].query: {error}")
+    return problems
+
+
 def queries_for(metric: MetricSpec, ctx: QueryContext) -> dict[str, str]:
     """The named PromQL instant queries `evaluate` needs for this metric (only what is configured)."""
     w = promql_duration(_window(metric, ctx))

@@ -17,12 +17,13 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 CA_VALIDITY = timedelta(days=3650)
 CERT_VALIDITY = timedelta(days=365)
 RENEW_BEFORE = timedelta(days=30)
+Key = ec.EllipticCurvePrivateKey
 
 
 @dataclass(frozen=True)
@@ -55,75 +56,82 @@ def generate(hosts: list[str], directory: Path, *, now: datetime | None = None) 
     if _reusable(paths, hosts, now):
         return paths
 
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "controlled-friction webhook CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + CA_VALIDITY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca_key, ca_cert = make_ca("controlled-friction webhook CA", now)
+    key, cert = make_serving(ca_key, ca_cert, hosts, now)
 
+    # Key first, certificate last: kopf's server reloads when the files change, and the pair must match.
+    _write(paths.key, key_pem(key), private=True)
+    _write(paths.ca, ca_cert.public_bytes(serialization.Encoding.PEM))
+    _write(paths.cert, cert.public_bytes(serialization.Encoding.PEM))
+    return paths
+
+
+def make_ca(common_name: str, now: datetime, validity: timedelta = CA_VALIDITY) -> tuple[Key, x509.Certificate]:
+    """A self-signed CA that may sign end-entity certificates only."""
     key = ec.generate_private_key(ec.SECP256R1())
-    cn = next((h for h in hosts if not _is_ip(h)), hosts[0])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     cert = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn[:64])]))
-        .issuer_name(ca_name)
+        .subject_name(name)
+        .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + CERT_VALIDITY)
+        .not_valid_after(now + validity)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(ca=True), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+def make_serving(
+    ca_key: Key,
+    ca_cert: x509.Certificate,
+    hosts: list[str],
+    now: datetime,
+    validity: timedelta = CERT_VALIDITY,
+    common_name: str | None = None,
+) -> tuple[Key, x509.Certificate]:
+    """A TLS server certificate for `hosts` (IP addresses and DNS names, all put in the SANs)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cn = common_name or next((h for h in hosts if not _is_ip(h)), hosts[0])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn[:64])]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + validity)
         .add_extension(x509.SubjectAlternativeName(_sans(hosts)), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=False,
-                crl_sign=False,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
+        .add_extension(_key_usage(ca=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return key, cert
 
-    # Key first, certificate last: kopf's server reloads when the files change, and the pair must match.
-    _write(
-        paths.key,
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
-        private=True,
+
+def key_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    encoding, fmt = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
+    return key.private_bytes(encoding, fmt, serialization.NoEncryption())
+
+
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
+        encipher_only=False,
+        decipher_only=False,
     )
-    _write(paths.ca, ca_cert.public_bytes(serialization.Encoding.PEM))
-    _write(paths.cert, cert.public_bytes(serialization.Encoding.PEM))
-    return paths
 
 
 def _is_ip(host: str) -> bool:

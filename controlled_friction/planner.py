@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from controlled_friction import names
-from controlled_friction.analysis import validate_query
+from controlled_friction.analysis import query_problems
 from controlled_friction.effective_plan import (
     active_freeze,
     compute_effective_plan,
@@ -23,7 +23,7 @@ from controlled_friction.effective_plan import (
     matching_policies,
 )
 from controlled_friction.models.approval import ApprovalEntry
-from controlled_friction.models.policy import NamedPolicy
+from controlled_friction.models.policy import NamedPolicy, PolicySelector
 from controlled_friction.models.rollout import (
     AnalysisState,
     Condition,
@@ -80,6 +80,23 @@ class ApprovalObs:
     signature_ok: bool
 
 
+class InvalidPolicy(NamedTuple):
+    """A FrictionPolicy that failed validation; `selector` is None when it is what cannot be read."""
+
+    name: str
+    selector: PolicySelector | None
+    message: str
+
+
+def policy_hold(invalid_policies: tuple[InvalidPolicy, ...], labels: dict[str, str],
+                namespace_labels: dict[str, str]) -> str | None:
+    """Why invalid policies hold a rollout, if they do: one whose selector matches it, or cannot be
+    read, holds it (fail closed: a typo in a policy never drops its friction)."""
+    held = [f"policy {p.name} is invalid ({p.message})" for p in invalid_policies
+            if p.selector is None or p.selector.matches(labels, namespace_labels)]
+    return "; ".join(held) + " — held until the policy is fixed" if held else None
+
+
 @dataclass(frozen=True)
 class Observations:
     stable: DeploymentObs | None = None
@@ -87,6 +104,7 @@ class Observations:
     service_exists: bool = True
     namespace_labels: dict[str, str] = field(default_factory=dict)
     policies: tuple[NamedPolicy, ...] = ()
+    invalid_policies: tuple[InvalidPolicy, ...] = ()
     approvals: tuple[ApprovalObs, ...] = ()
     approval_problems: tuple[str, ...] = ()
     # Whether `author` carries the webhook's signature for this rollout and revision. The shell always
@@ -294,13 +312,7 @@ def invalid(status: RolloutStatus, message: str, generation: int, now: datetime,
 
 def spec_problems(spec: RolloutSpec) -> list[str]:
     """Rules the schema cannot express that pydantic did not already enforce."""
-    problems = []
-    for m in spec.analysis.metrics:
-        if m.kind == "query" and m.query:
-            err = validate_query(m.query)
-            if err:
-                problems.append(f"spec.analysis.metrics[{m.name}].query: {err}")
-    return problems + step_metric_problems(spec)
+    return query_problems(spec.analysis.metrics, "spec.analysis.metrics") + step_metric_problems(spec)
 
 
 def step_metric_problems(spec: RolloutSpec) -> list[str]:
@@ -330,6 +342,9 @@ def name_problems(name: str) -> list[str]:
 
 
 def plan(inp: RolloutInput) -> Decision:
+    held = policy_hold(inp.obs.invalid_policies, inp.labels, inp.obs.namespace_labels)
+    if held:
+        return invalid(inp.status, held, inp.generation, inp.now, what="policy")
     problems = spec_problems(inp.spec) + name_problems(inp.name)
     if inp.obs.workload_rejected:
         problems.append(f"spec.template: the API server refuses the Deployment made from it: "

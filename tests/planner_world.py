@@ -19,6 +19,7 @@ from controlled_friction.planner import (
     ApprovalObs,
     Decision,
     DeploymentObs,
+    InvalidPolicy,
     Observations,
     RolloutInput,
     ScaleDeployment,
@@ -67,6 +68,7 @@ class World:
     annotations: dict[str, str] = field(default_factory=dict)
     namespace_labels: dict[str, str] = field(default_factory=dict)
     policies: tuple[NamedPolicy, ...] = ()
+    invalid_policies: tuple[InvalidPolicy, ...] = ()
     approvals: list[ApprovalEntry] = field(default_factory=list)
     ready: bool = True  # Deployments become ready immediately
     author_verified: bool = True  # the shell's check of the webhook's author signature
@@ -101,6 +103,7 @@ class World:
             canary=self.canary,
             namespace_labels=self.namespace_labels,
             policies=self.policies,
+            invalid_policies=self.invalid_policies,
             approvals=tuple(ApprovalObs(a, verify(a, KEY)) for a in self.approvals),
             author_verified=self.author_verified,
         )

@@ -11,24 +11,20 @@ import contextlib
 import math
 import shutil
 import socket
-import subprocess
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
-import requests
-import yaml
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from controlled_friction.adapters.prometheus import PrometheusClient, measure
 from controlled_friction.analysis import QueryContext
 from controlled_friction.models.rollout import Measurement, MetricSpec
 from tests.e2e.waiting import wait_for
+from tests.prometheus_server import running_prometheus
 
 pytestmark = [
     pytest.mark.prometheus,
@@ -52,58 +48,6 @@ METRICS = [ERRORS, ORDERS, CANARY_RATE]
 
 
 # ---------------------------------------------------------------- Prometheus
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def running_prometheus(targets: list[str], scrape_interval: str = "1s") -> Iterator[str]:
-    """A throwaway /usr/bin/prometheus on a free 127.0.0.1 port; yields its URL, stops it on exit.
-
-    (Own copy: tests/prometheus_server.py did not exist yet when this was written.)
-    """
-    with tempfile.TemporaryDirectory(prefix="cf-prom-") as tmp:
-        config = {
-            "global": {"scrape_interval": scrape_interval, "scrape_timeout": scrape_interval},
-            "scrape_configs": [
-                {"job_name": "app", "honor_labels": True, "static_configs": [{"targets": targets}]}
-            ],
-        }
-        Path(tmp, "prometheus.yml").write_text(yaml.safe_dump(config))
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        with open(Path(tmp, "log"), "wb") as log:
-            proc = subprocess.Popen(
-                [
-                    "prometheus",
-                    f"--config.file={tmp}/prometheus.yml",
-                    f"--storage.tsdb.path={tmp}/data",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    "--log.level=warn",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-
-                def ready() -> bool:
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"prometheus exited: {Path(tmp, 'log').read_text()[-2000:]}")
-                    return requests.get(f"{url}/-/ready", timeout=1).status_code == 200
-
-                wait_for(ready, timeout=60, interval=0.2, message="prometheus ready")
-                yield url
-            finally:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
 
 
 # ---------------------------------------------------------------- exporter

@@ -8,7 +8,7 @@ import pytest
 
 from controlled_friction import names
 from controlled_friction.models.policy import FrictionPolicySpec, NamedPolicy
-from controlled_friction.planner import ApplyDeployment, RecordEvent, ScaleDeployment, canary_replicas
+from controlled_friction.planner import ApplyDeployment, InvalidPolicy, RecordEvent, ScaleDeployment, canary_replicas
 from tests.planner_world import T0, World, approval, passing, spec, verdicts
 
 ERRORS = {"name": "errors", "kind": "errorRatio", "maxRatio": 0.02}
@@ -122,6 +122,26 @@ def test_no_approval_counts_while_the_author_is_not_verified():
     w.author_verified = True
     w.tick(advance=1)
     assert w.status.current_step_index > 1 and {a.user for a in w.status.approvals} == {"bob", "carol"}
+
+
+def test_an_invalid_matching_policy_holds_the_canary_untouched():
+    w = deployed([{"setWeight": 20}, {"pause": {"duration": "30s"}}])
+    w.labels = {names.LABEL_TIER: "critical"}
+    w.tick()
+    w.tick()
+    assert w.status.canary_weight == 20
+    canary_before = w.canary
+    selector = CRITICAL.spec.selector
+    w.invalid_policies = (InvalidPolicy("critical", selector, "spec.rules.minBake: must be ≥ 0"),)
+    d = w.tick(advance=60)
+    assert d.status.phase == "Invalid"
+    assert d.status.message == ("invalid policy: policy critical is invalid (spec.rules.minBake: must be ≥ 0)"
+                                " — held until the policy is fixed")
+    assert not [a for a in d.actions if isinstance(a, ApplyDeployment | ScaleDeployment)]
+    assert w.canary == canary_before
+    w.labels = {}  # no longer selected: the policy's problem is not this rollout's
+    w.invalid_policies = (InvalidPolicy("critical", selector, "bad"),)
+    assert w.tick().status.phase != "Invalid"
 
 
 def test_expired_approval_does_not_count():

@@ -27,6 +27,7 @@ from controlled_friction.planner import (
     ClearAction,
     Decision,
     EnsureService,
+    InvalidPolicy,
     Observations,
     RecordEvent,
     RolloutInput,
@@ -34,6 +35,7 @@ from controlled_friction.planner import (
     due_metrics,
     invalid,
     plan,
+    policy_hold,
 )
 from controlled_friction.revision import revision_of
 from controlled_friction.workloads import deployment_body, observe_deployment, service_body
@@ -61,8 +63,7 @@ class Context:
 @dataclass(frozen=True)
 class PolicySet:
     valid: tuple[NamedPolicy, ...]
-    # Invalid policies whose selector still matches (or cannot be read) hold rollouts: fail closed.
-    invalid: tuple[tuple[str, PolicySelector | None, str], ...]
+    invalid: tuple[InvalidPolicy, ...]
 
 
 def parse_policies(raw: dict[str, dict[str, Any]]) -> PolicySet:
@@ -77,7 +78,7 @@ def parse_policies(raw: dict[str, dict[str, Any]]) -> PolicySet:
             selector: PolicySelector | None = PolicySelector.model_validate(spec.get("selector") or {})
         except (ValidationError, AttributeError):
             selector = None
-        bad.append((name, selector, "; ".join(problems)))
+        bad.append(InvalidPolicy(name, selector, "; ".join(problems)))
     return PolicySet(tuple(valid), tuple(bad))
 
 
@@ -146,19 +147,14 @@ def reconcile(
             decision = invalid(status, "; ".join(errors.describe(exc)), int(meta.get("generation") or 0), now)
             spec = None
         if spec is not None:
-            held = [f"policy {n} is invalid ({msg})" for n, sel, msg in policies.invalid
-                    if sel is None or sel.matches(meta.get("labels") or {}, namespace_labels)]
-            if held:
-                decision = invalid(status, "; ".join(held) + " — held until the policy is fixed",
-                                   int(meta.get("generation") or 0), now, what="policy")
-            else:
-                if measurements is None:
-                    measurements = _measure(ctx, spec, status, policies, meta, now)
-                inp = _input(ctx, body, annotations, spec, status, policies, namespace_labels, measurements, now)
-                decision = plan(inp)
-                rejected = _dry_run(ctx, body, spec, decision)
-                if rejected:  # a template the API server refuses: the planner marks the Rollout Invalid
-                    decision = plan(replace(inp, obs=replace(inp.obs, workload_rejected=rejected)))
+            held = policy_hold(policies.invalid, dict(meta.get("labels") or {}), namespace_labels)
+            if measurements is None and not held:  # a held rollout is not analysed
+                measurements = _measure(ctx, spec, status, policies, meta, now)
+            inp = _input(ctx, body, annotations, spec, status, policies, namespace_labels, measurements or (), now)
+            decision = plan(inp)
+            rejected = _dry_run(ctx, body, spec, decision)
+            if rejected:  # a template the API server refuses: the planner marks the Rollout Invalid
+                decision = plan(replace(inp, obs=replace(inp.obs, workload_rejected=rejected)))
         cleared: list[str] = []
         try:
             _apply(ctx, body, spec, decision, raw_status, cleared)
@@ -201,6 +197,7 @@ def _input(ctx: Context, body: dict[str, Any], annotations: dict[str, str], spec
             service_exists=spec.service is None or ctx.kube.service_exists(ns, spec.service.name),
             namespace_labels=namespace_labels,
             policies=policies.valid,
+            invalid_policies=policies.invalid,
             approvals=approvals,
             approval_problems=problems,
             author_verified=approval.verify_author(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import yaml
@@ -192,9 +191,3 @@ class StepWatch:
 def canary_steps(*items: int | str) -> list[dict[str, Any]]:
     """Steps from a short form: a number is a setWeight, a string a timed pause (`canary_steps(20, "15s")`)."""
     return [{"setWeight": i} if isinstance(i, int) else {"pause": {"duration": i}} for i in items]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

@@ -23,6 +23,7 @@ import yaml
 from controlled_friction.sandbox import cluster
 from controlled_friction.sandbox.cluster import SandboxInfo
 from controlled_friction.sandbox.operator_proc import OperatorProcess
+from controlled_friction.sandbox.throwaway_prometheus import free_port
 
 from .rollouts import (
     StepWatch,
@@ -30,7 +31,6 @@ from .rollouts import (
     apply_as,
     canary_steps,
     event_counts,
-    free_port,
     metric_sum,
     operator_metrics,
     revision,

@@ -20,8 +20,9 @@ from controlled_friction import names
 from controlled_friction.sandbox import cluster
 from controlled_friction.sandbox.cluster import SandboxInfo
 from controlled_friction.sandbox.operator_proc import OperatorProcess, remove_webhook_configurations
+from controlled_friction.sandbox.throwaway_prometheus import free_port
 
-from .rollouts import admin, apply_as, free_port, kubectl_as, revision, rollout, status, wait_phase
+from .rollouts import admin, apply_as, kubectl_as, revision, rollout, status, wait_phase
 
 pytestmark = pytest.mark.e2e
 SERVICE = "controlled-friction-webhook"
