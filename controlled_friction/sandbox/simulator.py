@@ -25,7 +25,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from controlled_friction import names
 from controlled_friction.sandbox.exposition import CONTENT_TYPE, Exposition
+from controlled_friction.sandbox.routes import list_routing_objects, route_name, route_splits
 from controlled_friction.sandbox.traffic import (
+    RouteSplit,
     ServiceKey,
     ServiceState,
     Topology,
@@ -74,12 +76,18 @@ class StaticSource:
 
 
 def topology_from_objects(
-    deployments: Iterable[Mapping[str, Any]], rollouts: Iterable[Mapping[str, Any]]
+    deployments: Iterable[Mapping[str, Any]],
+    rollouts: Iterable[Mapping[str, Any]],
+    services: Iterable[Mapping[str, Any]] = (),
+    routes: Iterable[Mapping[str, Any]] = (),
 ) -> tuple[dict[ServiceKey, ServiceState], list[str]]:
     """Group Deployments (API JSON) by Rollout into services; also returns what was ignored and why.
 
-    The `service` label is the Rollout's `spec.analysis.service`, else the Rollout's name.
+    The `service` label is the Rollout's `spec.analysis.service`, else the Rollout's name. A Rollout
+    behind an HTTPRoute is split by the route's weights (`routes.route_splits`), else by ready pods.
     """
+    rollouts = list(rollouts)
+    splits, problems = route_splits(rollouts, services, routes)
     service_of: dict[tuple[str, str], str] = {}
     for r in rollouts:
         meta = r.get("metadata") or {}
@@ -88,7 +96,7 @@ def topology_from_objects(
             service_of[(meta.get("namespace", ""), meta.get("name", ""))] = str(svc)
 
     grouped: dict[ServiceKey, list[Track]] = {}
-    problems: list[str] = []
+    route_of: dict[ServiceKey, RouteSplit] = {}
     for d in deployments:
         meta = d.get("metadata") or {}
         ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
@@ -107,7 +115,12 @@ def topology_from_objects(
         ready = int((d.get("status") or {}).get("readyReplicas") or 0)
         key = ServiceKey(ns, service_of.get((ns, rollout), rollout))
         grouped.setdefault(key, []).append(Track(str(track), str(revision), ready, parsed.profile))
-    topology = {k: ServiceState(tuple(sorted(v, key=lambda t: (t.track, t.revision)))) for k, v in grouped.items()}
+        if (ns, rollout) in splits:
+            route_of[key] = splits[(ns, rollout)]
+    topology = {
+        k: ServiceState(tuple(sorted(v, key=lambda t: (t.track, t.revision))), route=route_of.get(k))
+        for k, v in grouped.items()
+    }
     return topology, problems
 
 
@@ -168,7 +181,8 @@ class ClusterSource:
                 log.warning("cannot list rollouts (HTTP %s); service label = rollout name", exc.status)
                 self._rollouts_missing_reported = True
             rollouts = []
-        topology, problems = topology_from_objects(deployments, rollouts)
+        services, routes = list_routing_objects(self._list, api) if any(map(route_name, rollouts)) else ([], [])
+        topology, problems = topology_from_objects(deployments, rollouts, services, routes)
         for p in problems:
             if p not in self._reported:  # say it once while it lasts, not every second
                 log.warning("%s", p)
