@@ -16,7 +16,8 @@ from controlled_friction.template_diff import ANN_CHANGE_RECORD, NO_CHANGE, chan
 from controlled_friction.workloads import pod_template
 
 
-def template(image: str = "shop/checkout:2.4.1", env: dict[str, str] | None = None, **container: Any) -> dict:
+def template(image: str = "shop/checkout:2.4.1", env: dict[str, str] | None = None,
+             **container: Any) -> dict[str, Any]:
     c: dict[str, Any] = {"name": "app", "image": image, **container}
     if env is not None:
         c["env"] = [{"name": k, "value": v} for k, v in env.items()]

@@ -116,7 +116,7 @@ def change_report(kube: Kube, obj: dict[str, Any]) -> ChangeReport:
 def acted_revision(obj: dict[str, Any]) -> str | None:
     """The revision an action acts on: the canary in progress, else the rolled-back one."""
     st = obj.get("status") or {}
-    rev = st.get("canaryRevision") or st.get("abortedRevision")
+    rev = st.get("canaryRevision") or (st.get("abortedRevision") if st.get("phase") == "RolledBack" else None)
     return str(rev) if rev else None
 
 

@@ -470,6 +470,56 @@ def approve(
     )
 
 
+def kubeconfig_user(kubeconfig: str | None, context: str | None) -> tuple[str, str | None]:
+    """The user and context name of the chosen kubeconfig context (what the dashboard acts as)."""
+    try:
+        contexts, active = list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    except (ConfigException, OSError, TypeError):
+        return "in-cluster service account", None
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
+    chosen = chosen or {}
+    return str((chosen.get("context") or {}).get("user") or "unknown user"), chosen.get("name")
+
+
+@app.command()
+def dashboard(
+    kubeconfig: Kubeconfig = None,
+    context: KubeContext = None,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", "-n", help="Show only this namespace (default: every namespace).")
+    ] = None,
+    address: Annotated[str, typer.Option("--address", help="Address to listen on; keep it local.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8090,
+    prometheus_url: Annotated[
+        str | None,
+        typer.Option("--prometheus-url", help="Prometheus as reachable from here, for the plots (default: the "
+                     "Rollout's or policy's address, else $CF_PROMETHEUS_URL)."),
+    ] = None,
+) -> None:
+    """A local web UI: Rollouts, step timeline, approvals, template diff, live plots, and actions.
+
+    Every read and write is made with your kubeconfig's credentials, so approvals are verified by the
+    admission webhook exactly like `kubectl annotate`."""
+    from controlled_friction.dashboard.server import Dashboard, serve
+
+    if not 0 < port <= 65535:
+        raise typer.BadParameter(f"{port} is not a port number", param_hint="--port")
+    with reported_errors():
+        kube = connect(kubeconfig, context)
+    user, ctx_name = kubeconfig_user(kubeconfig, context)
+    if address not in ("127.0.0.1", "localhost", "::1"):
+        err.print(Text(f"warning: listening on {address}: anyone who reaches it acts as {user}", style="yellow"))
+    dash = Dashboard(kube=kube, user=user, context=ctx_name, namespace=namespace, prometheus_url=prometheus_url)
+
+    def ready(url: str) -> None:
+        out.print(Text(f"dashboard for {user} at {url} (Ctrl-C to stop)"), soft_wrap=True)
+
+    try:
+        serve(dash, address, port, ready)
+    except OSError as exc:
+        fail(f"cannot listen on {address}:{port}: {exc.strerror or exc}")
+
+
 def _action(
     action: actions.Action, name: str, kubeconfig: str | None, context: str | None, namespace: str | None
 ) -> None:

@@ -727,6 +727,6 @@ def rollout_data(
         "policies": list(st.effective_plan.policies) if st.effective_plan else [],
         "frozen": st.effective_plan.frozen_reason if st.effective_plan else None,
         "effectiveWeight": st.effective_weight,
-        "actedRevision": st.canary_revision or st.aborted_revision,
+        "actedRevision": st.canary_revision or (st.aborted_revision if st.phase == "RolledBack" else None),
         "hasCanary": _has_canary(st),
     }
