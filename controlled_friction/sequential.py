@@ -213,8 +213,8 @@ def start(
 
 def observe(state: SequentialState, counts: Counts) -> SequentialState:
     """The state after one more look. Looks without traffic on the compared tracks change nothing."""
-    # model_construct, not model_copy: this runs every look of every metric (and 10^6 times in the
-    # tests); the lists are never mutated in place, so sharing the unchanged ones is safe.
+    # model_construct skips re-validating what this module computed (it runs every look of every
+    # metric); lists are never mutated in place, so sharing the unchanged ones between states is safe.
     checks = [
         SequentialCheck.model_construct(
             check=c.check,
@@ -227,31 +227,19 @@ def observe(state: SequentialState, counts: Counts) -> SequentialState:
         else c
         for c in state.checks
     ]
-    looks = state.looks + 1
-    rejected = state.rejected_at_look
-    if rejected is None and _crosses(checks, -math.log(state.alpha)):
-        rejected = looks
-    return SequentialState.model_construct(
+    new = SequentialState.model_construct(
         alpha=state.alpha,
         checks=checks,
-        looks=looks,
+        looks=state.looks + 1,
         canary_requests=state.canary_requests + counts.canary_requests,
         canary_events=state.canary_events + counts.canary_events,
         stable_requests=state.stable_requests + counts.stable_requests,
         stable_events=state.stable_events + counts.stable_events,
-        rejected_at_look=rejected,
+        rejected_at_look=state.rejected_at_look,
     )
-
-
-def _crosses(checks: list[SequentialCheck], log_threshold: float) -> bool:
-    # The mean of the checks' mixtures is at most max(log w + log LR) + log(#components); most looks
-    # are far below the threshold, so the exact log-sum-exp is only needed near it.
-    size = sum(len(c.log_weights) for c in checks)
-    top = max(max(map(sum, zip(c.log_weights, c.log_evidence, strict=True))) for c in checks)
-    if top + math.log(size) < log_threshold:
-        return False
-    log_e = _logsumexp([c.log_e_value for c in checks]) - math.log(len(checks))
-    return log_e >= log_threshold
+    if new.rejected_at_look is None and new.log_e_value >= -math.log(state.alpha):
+        new.rejected_at_look = new.looks
+    return new
 
 
 def assess(state: SequentialState) -> Assessment:
