@@ -15,6 +15,11 @@ API
   metric's e-value against its threshold ``1/alpha``, and per check the requests seen vs the requests
   needed to catch the check's design effect (for display).
 - ``SequentialState.wire()`` / ``SequentialState.model_validate(wire)``: the status form (camelCase).
+- ``log_factor``, ``ratio_log_factor``, ``ratio_coefficients``, ``comparator``: the per-look factors,
+  taking numbers or numpy arrays, so simulations run thousands of canaries through the same math.
+
+A comparison skips looks where either track had no requests (orders counted in a look without
+requests are scrape skew, not evidence); more 5xx than requests in a look are capped at the requests.
 
 The tests (e-processes; "Ville" = P(sup_t E_t >= 1/alpha) <= alpha for a nonnegative supermartingale
 with E_0 = 1):
