@@ -157,6 +157,9 @@ def timed(fn: Callable[[], Any]) -> Call:
 
 
 def call_summary(calls: Sequence[Call]) -> dict[str, Any]:
+    """Latencies of the requests sent (status -1: not sent, the phase's time was up)."""
+    not_sent = sum(1 for c in calls if c.status == -1)
+    calls = [c for c in calls if c.status != -1]
     ok = [c.seconds for c in calls if 200 <= c.status < 300]
     refused = [c.seconds for c in calls if 400 <= c.status < 500]
     reasons = Counter(_reason(c.reason) for c in calls if c.status // 100 != 2)
@@ -167,6 +170,7 @@ def call_summary(calls: Sequence[Call]) -> dict[str, Any]:
         "accepted_ms": _ms(summary(ok)),
         "refused_ms": _ms(summary(refused)),
         "top_reasons": reasons.most_common(4),
+        "not_sent": not_sent,
     }
 
 
@@ -487,8 +491,13 @@ def phase_create(bench: Bench, op: OperatorProcess, watch: RolloutWatch, custom:
     phase = Phase(bench, "create", op, watch)
     created: dict[tuple[str, str], Call] = {}
 
+    deadline = time.monotonic() + args.timeout  # sending the creates counts against the phase's timeout
+
     def create(key: tuple[str, str]) -> None:
         ns, name = key
+        if time.monotonic() > deadline:
+            created[key] = Call(time.monotonic(), 0.0, -1, "not sent: phase timeout")
+            return
         created[key] = timed(lambda: custom.create_namespaced_custom_object(
             names.GROUP, names.VERSION, ns, names.ROLLOUT_PLURAL, rollout(ns, name), _preload_content=False,
             _request_timeout=60))
@@ -510,7 +519,8 @@ def phase_create(bench: Bench, op: OperatorProcess, watch: RolloutWatch, custom:
         snap = watch.snapshot()
         return sum(1 for k in wanted if k in snap and snap[k].first(healthy) is not None), len(wanted)
 
-    all_ok = wait_until(f"N={n} first revisions Healthy", progress, args.timeout)
+    all_ok = wait_until(f"N={n} first revisions Healthy", progress, max(0.0, deadline - time.monotonic())) \
+        and not failed
     out = phase.finish()
     out.pop("samples", None)
     snap = watch.snapshot()
@@ -545,8 +555,13 @@ def phase_wave(bench: Bench, op: OperatorProcess, watch: RolloutWatch, admin_cus
     phase = Phase(bench, "wave", op, watch, sample_watch=True)
     patched: dict[tuple[str, str], Call] = {}
 
+    deadline = time.monotonic() + args.timeout
+
     def patch(key: tuple[str, str]) -> None:
         ns, name = key
+        if time.monotonic() > deadline:
+            patched[key] = Call(time.monotonic(), 0.0, -1, "not sent: phase timeout")
+            return
         body = {"spec": {"template": template(name, 2)}}
         patched[key] = timed(lambda: admin_custom.patch_namespaced_custom_object(
             names.GROUP, names.VERSION, ns, names.ROLLOUT_PLURAL, name, body, _preload_content=False,
@@ -572,7 +587,7 @@ def phase_wave(bench: Bench, op: OperatorProcess, watch: RolloutWatch, admin_cus
         return sum(1 for k in wanted
                    if k in snap and snap[k].first(promoted(k), after=patched[k].done - 1) is not None), len(wanted)
 
-    all_ok = wait_until(f"N={n} wave Healthy", progress, args.timeout)
+    all_ok = wait_until(f"N={n} wave Healthy", progress, max(60.0, deadline - time.monotonic())) and not failed
     out = phase.finish()
     snap = watch.snapshot()
     lags, lags_after_step, first_steps, mismatched = [], [], [], 0
@@ -782,6 +797,7 @@ def figures(res: dict[str, Any]) -> dict[str, Any]:
         "create_time_to_healthy_p95_s": _get(res, "create", "time_to_healthy_s", "p95"),
         "create_time_to_healthy_max_s": _get(res, "create", "time_to_healthy_s", "max"),
         "create_request_p99_ms": _get(res, "create", "creates", "all_ms", "p99"),
+        "create_not_sent": _get(res, "create", "creates", "not_sent"),
         "idle_operator_cpu_cores": _get(res, "idle", "cpu", "cores", "operator"),
         "idle_operator_rss_mb_median": _get(res, "idle", "operator_rss_mb", "median"),
         "idle_operator_rss_mb_max": _get(res, "idle", "operator_rss_mb", "max"),
@@ -827,6 +843,7 @@ LABELS = {
     "create_time_to_healthy_p95_s": "create: per Rollout to Healthy p95 (s)",
     "create_time_to_healthy_max_s": "create: per Rollout to Healthy max (s)",
     "create_request_p99_ms": "create: request (incl. webhooks) p99 (ms)",
+    "create_not_sent": "create: not sent before the phase timeout",
     "idle_operator_cpu_cores": "idle: operator CPU (cores)",
     "idle_operator_rss_mb_median": "idle: operator RSS median (MB)",
     "idle_operator_rss_mb_max": "idle: operator RSS max (MB)",
