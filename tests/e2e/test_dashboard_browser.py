@@ -71,8 +71,12 @@ class DashboardProcess:
             with urllib.request.urlopen(f"{self.url}api/whoami", timeout=2) as rsp:
                 return dict(json.load(rsp))
 
-        who = wait_for(ready, 120, message=f"dashboard of {user}")  # a loaded machine starts Python slowly
-        assert who["user"] == user
+        try:
+            who = wait_for(ready, 120, message=f"dashboard of {user}")  # a loaded machine starts Python slowly
+            assert who["user"] == user
+        except BaseException:
+            self.stop()  # never leave a dashboard running behind a failed start
+            raise
 
     def stop(self) -> None:
         self.proc.terminate()
