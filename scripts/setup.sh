@@ -8,6 +8,12 @@ need_apt=()
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 # Debian's chromium for the dashboard's browser tests (driven by playwright; never `playwright install`).
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+# The sandbox's real node (`sandbox up --real-node`, tests marked realnode): runc, CNI plugins,
+# iptables for its bridge, debootstrap for the operator image's root filesystem.
+command -v runc >/dev/null 2>&1 || need_apt+=(runc)
+[ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
+command -v debootstrap >/dev/null 2>&1 || need_apt+=(debootstrap)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "[setup] apt-get install ${need_apt[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -29,3 +35,9 @@ echo "[setup] pip install -e .[dev]"
 
 echo "[setup] sandbox binaries (built once from the Go module proxy, cached under ~/.cache/controlled-friction)"
 .venv/bin/python -m controlled_friction.sandbox.build
+echo "[setup] real-node binaries (kubelet, containerd, pause; cached like the others)"
+.venv/bin/python -m controlled_friction.sandbox.nodebuild
+if [ "$(id -u)" = 0 ]; then
+  echo "[setup] operator image for the real node (Debian root filesystem + wheel; cached)"
+  .venv/bin/python -m controlled_friction.sandbox.image
+fi

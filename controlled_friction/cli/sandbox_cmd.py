@@ -37,10 +37,15 @@ def _print_status(states: dict[str, dict[str, object]]) -> None:
 
 
 @app.command()
-def up() -> None:
+def up(
+    real_node: bool = typer.Option(
+        False, "--real-node",
+        help="Also run one real node (kubelet, containerd, runc) for pods that select and tolerate "
+             "sandbox.controlled-friction.io/real-node; needs root."),
+) -> None:
     """Build the binaries if needed, start every component and wait until each is healthy."""
     try:
-        info = cluster.up()
+        info = cluster.up(real_node=real_node)
     except (RuntimeError, TimeoutError) as exc:
         _err.print(f"[red]sandbox up failed:[/] {exc}", markup=True, highlight=False)
         _err.print("Fix the cause and run `up` again, or `down` to start from scratch.")

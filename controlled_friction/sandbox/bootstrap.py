@@ -121,7 +121,7 @@ def operator_rbac() -> list[Manifest]:
 
 
 def nodes() -> list[Manifest]:
-    """Fake Nodes; kwok (run with --manage-all-nodes) fills in their status and renews their Leases."""
+    """Fake Nodes; kwok (managing nodes annotated kwok.x-k8s.io/node=fake) fills in their status and Leases."""
     return [
         {
             "apiVersion": "v1",

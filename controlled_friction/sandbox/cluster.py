@@ -34,6 +34,7 @@ from controlled_friction.sandbox import (
     kubeconfig,
     layout,
     pki,
+    realnode,
 )
 from controlled_friction.sandbox.build import KUBERNETES_VERSION, binary, ensure_built
 from controlled_friction.sandbox.components import Component
@@ -248,13 +249,18 @@ def _wait_nodes_ready(quiet: bool) -> None:
 # --- public API --------------------------------------------------------------------------------
 
 
-def up(quiet: bool = False) -> SandboxInfo:
-    """Bring the sandbox up (idempotent) and return where everything is."""
+def up(quiet: bool = False, real_node: bool = False) -> SandboxInfo:
+    """Bring the sandbox up (idempotent) and return where everything is.
+
+    `real_node` also starts one kubelet + containerd node next to the kwok nodes (`realnode`).
+    """
     p = layout.paths()
     expected = [n for n in components.NAMES if n != "simulator" or simulator_available()]
     current = status()
     if all(current[n]["healthy"] for n in expected):
         _say(f"sandbox already up ({p.root})", quiet)
+        if real_node:
+            realnode.up(p, quiet)
         return info()
     t_build = time.monotonic()
     _say("ensuring binaries are built (the first build takes many minutes)", quiet)
@@ -276,6 +282,8 @@ def up(quiet: bool = False) -> SandboxInfo:
         _say(f"{components.SIMULATOR_MODULE} not found: traffic simulator not started", quiet)
     _ensure(rest, p, quiet)
     _wait_nodes_ready(quiet)
+    if real_node:
+        realnode.up(p, quiet)
     _say(f"sandbox up in {time.monotonic() - t0:.1f}s; admin kubeconfig: {p.admin_kubeconfig}", quiet)
     return info()
 
@@ -283,6 +291,7 @@ def up(quiet: bool = False) -> SandboxInfo:
 def down(quiet: bool = False) -> None:
     """Stop exactly the processes the sandbox started, then delete its state directory."""
     p = layout.paths()
+    realnode.down(p, quiet)  # first: it unmounts pod volumes under the state directory
     for name in reversed(components.NAMES):
         rec = ProcRecord.load(p.pid_file(name))
         if rec is None:

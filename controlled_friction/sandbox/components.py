@@ -187,7 +187,8 @@ def kwok(p: Paths) -> Component:
             str(binary("kwok")),
             f"--kubeconfig={p.admin_kubeconfig}",
             f"--config={p.kwok_config}",
-            "--manage-all-nodes=true",
+            # Only the fake nodes (bootstrap.nodes); a real kubelet node (`realnode`) is its own.
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             f"--server-address={HOST}:{port}",
             f"--cidr={POD_CIDR}",
             "--node-ip=10.0.0.1",

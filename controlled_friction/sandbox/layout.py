@@ -31,6 +31,9 @@ PORT_OFFSETS: dict[str, int] = {
     "simulator": 7,
     "webhook": 8,
     "operator_health": 9,
+    # The real node's kubelet (`sandbox up --real-node`): its API on the bridge, healthz on 127.0.0.1.
+    "kubelet": 10,
+    "kubelet_healthz": 11,
 }
 
 SERVICE_CIDR = "10.96.0.0/16"
