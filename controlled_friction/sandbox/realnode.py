@@ -315,9 +315,25 @@ def _setup_cgroups() -> None:
                     (d / f).write_text((base / h / f).read_text())
 
 
+def _remove_kubelet_iptables() -> None:
+    """The chains the kubelet adds on start (canaries, the localnet firewall): ours to undo."""
+    owned = {"filter": ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY"),
+             "mangle": ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY"), "nat": ("KUBE-KUBELET-CANARY",)}
+    for tool in ("iptables", "ip6tables"):
+        if shutil.which(tool) is None:
+            continue
+        for builtin in ("INPUT", "OUTPUT"):
+            while _run(tool, "-D", builtin, "-j", "KUBE-FIREWALL", check=False).returncode == 0:
+                pass
+        for table, chains in owned.items():
+            for chain in chains:
+                _run(tool, "-t", table, "-F", chain, check=False)
+                _run(tool, "-t", table, "-X", chain, check=False)
+
+
 def _remove_cgroups() -> None:
     base = Path("/sys/fs/cgroup")
-    for h in CGROUP_HIERARCHIES:
+    for h in (*CGROUP_HIERARCHIES, "unified"):
         top = base / h / _cgroup_root().lstrip("/")
         if not top.is_dir():
             continue
@@ -586,6 +602,7 @@ def down(p: Paths, quiet: bool = False, api_up: bool = True) -> None:
             os.kill(pid, 9)
     _unmount_under(n.root)
     _teardown_iptables()
+    _remove_kubelet_iptables()
     _run("ip", "link", "del", bridge_name(), check=False)
     _remove_cgroups()
     _restore_sysctls(n)
