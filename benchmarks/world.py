@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from controlled_friction.adapters.prometheus import PrometheusClient, measure
+from controlled_friction.adapters.prometheus import PrometheusClient
 from controlled_friction.analysis import QueryContext, promql_duration
 from controlled_friction.models.rollout import Measurement, RolloutSpec, RolloutStatus
 from controlled_friction.names import TRACK_CANARY, TRACK_STABLE
+from controlled_friction.operator.reconcile import measure
 from controlled_friction.planner import (
     ApplyDeployment,
     Decision,

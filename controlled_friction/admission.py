@@ -36,8 +36,8 @@ from controlled_friction.models.approval import (
 )
 from controlled_friction.models.policy import FrictionPolicySpec, FrictionRules, NamedPolicy
 from controlled_friction.models.rollout import RolloutSpec
-from controlled_friction.planner import name_problems, spec_problems
 from controlled_friction.revision import revision_of
+from controlled_friction.validation import name_problems, spec_problems
 
 # An appended entry must be dated within this much of "now": the webhook writes it moments before the
 # validating phase, so anything older was copied from elsewhere (or a dry run) and is a replay.

@@ -1,7 +1,8 @@
 """PromQL for the rollout's health checks and the verdicts on their results.
 
-Pure: no I/O and no clock. `adapters.prometheus` runs the queries this module builds and hands the
-numbers back to `evaluate`. Query names are the keys shared by both sides.
+Pure: no I/O and no clock. `measurement` batches the queries of many rollouts and picks each one's
+numbers out of the answers; `evaluate` judges them (called by the planner). `queries_for` gives one
+rollout's queries on their own (the dashboard plots them). Query names are the keys shared by all.
 """
 
 from __future__ import annotations
@@ -91,7 +92,8 @@ def _selector(ctx: QueryContext, track: str | None = None, extra: str = "") -> s
     return "{" + ",".join(labels) + "}"
 
 
-def _window(metric: MetricSpec, ctx: QueryContext) -> float:
+def metric_window(metric: MetricSpec, ctx: QueryContext) -> float:
+    """The metric's own window, else the rollout's."""
     return metric.window if metric.window is not None else ctx.window_seconds
 
 
@@ -149,7 +151,7 @@ def query_problems(metrics: list[MetricSpec], path: str) -> list[str]:
 
 def queries_for(metric: MetricSpec, ctx: QueryContext) -> dict[str, str]:
     """The named PromQL instant queries `evaluate` needs for this metric (only what is configured)."""
-    w = promql_duration(_window(metric, ctx))
+    w = promql_duration(metric_window(metric, ctx))
     canary, stable = _selector(ctx, TRACK_CANARY), _selector(ctx, TRACK_STABLE)
 
     def requests(sel: str, fn: str = "rate") -> str:
@@ -178,12 +180,20 @@ def queries_for(metric: MetricSpec, ctx: QueryContext) -> dict[str, str]:
         if metric.max_baseline_drop is not None:
             service = _selector(ctx)
             queries[ORDER_RATE] = f"sum(rate({ORDERS_METRIC}{service}[{w}]))"
-            if ctx.rollout_started_at is not None:
-                at = _unix_seconds(ctx.rollout_started_at)
-                queries[BASELINE_ORDER_RATE] = f"sum(rate({ORDERS_METRIC}{service}[{w}] @ {at:.3f}))"
+            baseline = baseline_query(metric, ctx)
+            if baseline is not None:
+                queries[BASELINE_ORDER_RATE] = baseline
         return queries
     assert metric.query is not None  # guaranteed by MetricSpec's validator
-    return {QUERY_VALUE: render_query(metric.query, replace(ctx, window_seconds=_window(metric, ctx)))}
+    return {QUERY_VALUE: render_query(metric.query, replace(ctx, window_seconds=metric_window(metric, ctx)))}
+
+
+def baseline_query(metric: MetricSpec, ctx: QueryContext) -> str | None:
+    """The service's order rate over the window just before the rollout started (PromQL `@`)."""
+    if ctx.rollout_started_at is None:
+        return None
+    w = promql_duration(metric_window(metric, ctx))
+    return f"sum(rate({ORDERS_METRIC}{_selector(ctx)}[{w}] @ {_unix_seconds(ctx.rollout_started_at):.3f}))"
 
 
 def _unix_seconds(t: datetime) -> float:
@@ -394,7 +404,7 @@ def evaluate(
     verdict, message = _combine(checks)
     requests = v.get(CANARY_REQUESTS)
     if metric.kind != "query" and requests is not None and requests >= ctx.min_requests:
-        message += f" [{requests:.0f} canary requests in {promql_duration(_window(metric, ctx))}]"
+        message += f" [{requests:.0f} canary requests in {promql_duration(metric_window(metric, ctx))}]"
     return Measurement(
         metric=metric.name,
         verdict=verdict,

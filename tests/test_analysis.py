@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controlled_friction.adapters.prometheus import resolve_url
 from controlled_friction.analysis import (
     BASELINE_ORDER_RATE,
     CANARY_ERROR_RATIO,
@@ -29,6 +28,7 @@ from controlled_friction.analysis import (
     render_query,
     validate_query,
 )
+from controlled_friction.measurement import resolve_url
 from controlled_friction.models.rollout import MetricSpec
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -431,10 +431,9 @@ def test_order_verdict_matches_the_thresholds(
 # ---------------------------------------------------------------- resolve_url
 
 
-def test_resolve_url_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CF_PROMETHEUS_URL", "http://env:9090")
-    assert resolve_url("http://ro:9090/", ["http://pol:9090"]) == "http://ro:9090"
-    assert resolve_url(None, ["", "http://pol:9090"]) == "http://pol:9090"
-    assert resolve_url(None, []) == "http://env:9090"
-    monkeypatch.delenv("CF_PROMETHEUS_URL")
-    assert resolve_url(None, []) is None
+def test_resolve_url_order() -> None:
+    env = "http://env:9090"  # the operator's default, from CF_PROMETHEUS_URL
+    assert resolve_url("http://ro:9090/", ["http://pol:9090"], env) == "http://ro:9090"
+    assert resolve_url(None, ["", "http://pol:9090"], env) == "http://pol:9090"
+    assert resolve_url(None, [], env) == "http://env:9090"
+    assert resolve_url(None, [], None) is None

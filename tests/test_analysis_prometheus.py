@@ -20,9 +20,10 @@ from datetime import UTC, datetime
 import pytest
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from controlled_friction.adapters.prometheus import PrometheusClient, measure
+from controlled_friction.adapters.prometheus import PrometheusClient
 from controlled_friction.analysis import QueryContext
 from controlled_friction.models.rollout import Measurement, MetricSpec
+from controlled_friction.operator.reconcile import measure
 from tests.e2e.waiting import wait_for
 from tests.prometheus_server import running_prometheus
 

@@ -30,7 +30,7 @@ from pydantic import ValidationError
 
 from controlled_friction import admission, errors, names
 from controlled_friction.models.rollout import RolloutSpec, RolloutStatus
-from controlled_friction.operator.reconcile import parse_policies
+from controlled_friction.operator.world import parse_policies
 from controlled_friction.planner import (
     Decision,
     Observations,

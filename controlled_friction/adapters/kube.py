@@ -22,6 +22,8 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 
 from controlled_friction import names
 
+USER_AGENT = "controlled-friction/0.1"
+
 
 class Conflict(Exception):
     """The object changed since it was read (HTTP 409)."""
@@ -99,8 +101,12 @@ def load_api_client(kubeconfig: str | None = None, context: str | None = None) -
 class Kube:
     """Typed façade over the API calls controlled-friction needs."""
 
-    def __init__(self, api: client.ApiClient | None = None) -> None:
+    def __init__(self, api: client.ApiClient | None = None, pool_size: int | None = None) -> None:
         self.api = api or load_api_client()
+        if pool_size:  # one connection per worker thread, so reconciles never queue for a socket
+            self.api.configuration.connection_pool_maxsize = pool_size
+            self.api.rest_client = type(self.api.rest_client)(self.api.configuration)
+        self.api.user_agent = USER_AGENT
         self.custom = client.CustomObjectsApi(self.api)
         self.apps = client.AppsV1Api(self.api)
         self.core = client.CoreV1Api(self.api)
@@ -182,6 +188,13 @@ class Kube:
             {"status": status},
         )
 
+    def peering_status(self, name: str) -> dict[str, Any] | None:
+        """The status of kopf's ClusterKopfPeering `name` (its peers), or None if it does not exist."""
+        res = _call(self.custom.list_cluster_custom_object, "kopf.dev", "v1", "clusterkopfpeerings",
+                    field_selector=f"metadata.name={name}", _request_timeout=10)
+        items = res.get("items", [])
+        return dict(items[0].get("status") or {}) if items else None
+
     def namespace_labels(self, namespace: str) -> dict[str, str]:
         ns = _call(self.core.read_namespace, namespace)
         return dict((ns.metadata.labels if ns.metadata else None) or {})
@@ -207,12 +220,12 @@ class Kube:
         ]
         _call(self.apps.patch_namespaced_deployment, name, namespace, ops)
 
-    def dry_run_deployment(self, namespace: str, body: dict[str, Any]) -> str | None:
-        """Why the API server would refuse to create `body` or put its template in place (None: it
-        would accept it). A server-side dry run: nothing is written."""
+    def dry_run_deployment(self, namespace: str, body: dict[str, Any], exists: bool) -> str | None:
+        """Why the API server would refuse to create `body` (or, if it `exists`, put its template in
+        place); None: it would accept it. A server-side dry run: nothing is written."""
         name = body["metadata"]["name"]
         try:
-            if self.get_deployment(namespace, name) is None:
+            if not exists:
                 _call(self.apps.create_namespaced_deployment, namespace, body, dry_run="All")
             else:
                 ops = [
@@ -220,8 +233,8 @@ class Kube:
                     {"op": "replace", "path": "/spec/replicas", "value": body["spec"]["replicas"]},
                 ]
                 _call(self.apps.patch_namespaced_deployment, name, namespace, ops, dry_run="All")
-        except Conflict:
-            return None  # created meanwhile: the real write will patch it
+        except (Conflict, NotFound):
+            return None  # created or deleted meanwhile: the real write will sort it out
         except ApiException as exc:
             if exc.status in (400, 422):
                 return _status_message(exc)
@@ -241,6 +254,16 @@ class Kube:
     def create_service(self, namespace: str, body: dict[str, Any]) -> None:
         with contextlib.suppress(Conflict):  # created meanwhile: fine
             _call(self.core.create_namespaced_service, namespace, body)
+
+    # ------------------------------------------------------------ secrets & webhook configurations
+
+    def read_secret_data(self, namespace: str, name: str) -> dict[str, Any]:
+        secret = _call(self.core.read_namespaced_secret, name, namespace, _request_timeout=10)
+        return dict(secret.data or {})
+
+    def create_secret(self, namespace: str, name: str, data: dict[str, str], labels: dict[str, str]) -> dict[str, Any]:
+        body = {"metadata": {"name": name, "namespace": namespace, "labels": labels}, "type": "Opaque", "data": data}
+        return dict(_call(self.core.create_namespaced_secret, namespace, body).data or {})
 
     # ------------------------------------------------------------ events
 

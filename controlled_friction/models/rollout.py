@@ -343,6 +343,12 @@ class MetricState(StatusModel):
     )
     passes_in_step: int = Field(default=0, description="Passing measurements since the current step began.")
     last: Measurement | None = Field(default=None, description="The latest measurement.")
+    baseline: float | None = Field(
+        default=None, description="orderRateDrop: the service's order rate (per second) before the rollout."
+    )
+    baseline_known: bool = Field(
+        default=False, description="Whether the pre-rollout baseline was measured (it may be absent: no orders)."
+    )
 
 
 class AnalysisState(StatusModel):

@@ -27,6 +27,9 @@ RECONCILE_SECONDS = Histogram(
 RECONCILE_ERRORS = Counter(
     "controlled_friction_reconcile_errors_total", "Reconciles that failed and will be retried.", ["kind"]
 )
+PROMETHEUS_QUERIES = Counter(
+    "controlled_friction_prometheus_queries_total", "Queries sent to Prometheus (batched across Rollouts)."
+)
 CONFLICTS = Counter("controlled_friction_conflicts_total", "409 conflicts handled by re-reading and re-planning.")
 
 _PHASES = ("Pending", "Progressing", "Paused", "AwaitingApproval", "Promoting", "Healthy", "RolledBack", "Invalid")

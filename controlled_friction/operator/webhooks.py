@@ -7,70 +7,40 @@ the operator stops, so while it is down Rollouts cannot be changed rather than c
 from __future__ import annotations
 
 import copy
-import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import kopf
-from kubernetes import client
 
-from controlled_friction import admission, names, signing_key
+from controlled_friction import admission, names
 from controlled_friction.models.policy import NamedPolicy
+from controlled_friction.operator.indexes import first
 
 MANAGED_NAME = names.GROUP  # name of the Mutating/ValidatingWebhookConfiguration kopf maintains
 WRITES: list[kopf.Operation] = ["CREATE", "UPDATE"]
 
-# Reads the matching policies and the namespace's labels (I/O; the decision itself stays pure).
-ContextProvider = Callable[[str], tuple[list[NamedPolicy], dict[str, str]]]
 
 
-class _State:
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.key: bytes | None = None
-        self.namespace = names.OPERATOR_NAMESPACE
-        self.provider: ContextProvider | None = None
-        self.api: client.ApiClient | None = None
+def _key(memo: kopf.Memo) -> bytes:
+    key = memo.get("approval_key")
+    if key is None:  # start-up has not loaded it yet: refuse rather than sign with nothing
+        raise kopf.AdmissionError("the operator is starting; try again shortly", code=503)
+    return bytes(key)
 
 
-_STATE = _State()
-
-
-def _key() -> bytes:
-    with _STATE.lock:
-        if _STATE.key is None:
-            _STATE.key = signing_key.load_key(_STATE.namespace)
-        return _STATE.key
-
-
-def kube_context(namespace: str) -> tuple[list[NamedPolicy], dict[str, str]]:
-    """Policies and namespace labels straight from the API: always current, unlike a warming cache."""
-    with _STATE.lock:
-        if _STATE.api is None:
-            _STATE.api = signing_key.api_client()
-        api = _STATE.api
-    policies = client.CustomObjectsApi(api).list_cluster_custom_object(
-        names.GROUP, names.VERSION, names.POLICY_PLURAL, _request_timeout=10
-    )
-    ns = client.CoreV1Api(api).read_namespace(namespace, _request_timeout=10)
-    labels = dict(ns.metadata.labels or {}) if ns.metadata else {}
-    items = policies.get("items", []) if isinstance(policies, dict) else []
-    return admission.policies_from_objects(items), labels
-
-
-def _context(namespace: str) -> tuple[list[NamedPolicy], dict[str, str]]:
-    provider = _STATE.provider or kube_context
-    try:
-        return provider(namespace)
-    except Exception as exc:
+def _context(namespace: str, policy_index: kopf.Index[str, dict[str, Any]] | None,
+             namespace_index: kopf.Index[str, dict[str, str]] | None) -> tuple[list[NamedPolicy], dict[str, str]]:
+    """Policies and namespace labels from the watch-fed indexes (kopf serves no request before their
+    first lists are in); never an API call per admission request, so admission stays fast under load."""
+    if policy_index is None or namespace_index is None:
         # Fail closed: without the policies we cannot know who may approve.
-        raise kopf.AdmissionError(
-            f"cannot check the approval: reading FrictionPolicies / namespace {namespace} failed ({exc}); "
-            "try again shortly",
-            code=503,
-        ) from exc
+        raise kopf.AdmissionError("cannot check the approval: the policy cache is not ready; try again shortly",
+                                  code=503)
+    items = [{"metadata": {"name": name}, "spec": first(store)} for name, store in policy_index.items()]
+    labels = dict(first(namespace_index.get(namespace)) or {})
+    return admission.policies_from_objects(items), labels
 
 
 def _raw(body: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -120,10 +90,11 @@ def mutate_rollout(
     new: kopf.Body | None = None,
     patch: kopf.Patch,
     warnings: list[str],
+    memo: kopf.Memo,
     **_: Any,
 ) -> None:
     req = admission_input(operation, userinfo, old, new, subresource)
-    result = admission.mutate_rollout(req, _key(), datetime.now(UTC))
+    result = admission.mutate_rollout(req, _key(memo), datetime.now(UTC))
     for name, value in result.annotations.items():
         patch.meta.annotations[name] = value
     warnings.extend(result.warnings)
@@ -146,14 +117,18 @@ def validate_rollout(
     operation: str | None = None,
     old: kopf.Body | None = None,
     new: kopf.Body | None = None,
+    memo: kopf.Memo,
+    policy_index: kopf.Index[str, dict[str, Any]] | None = None,
+    namespace_index: kopf.Index[str, dict[str, str]] | None = None,
     **_: Any,
 ) -> None:
     req = admission_input(operation, userinfo, old, new, subresource)
     policies: list[NamedPolicy] = []
     ns_labels: dict[str, str] = {}
     if admission.needs_policy_context(req):
-        policies, ns_labels = _context(str(((req.new or {}).get("metadata") or {}).get("namespace") or ""))
-    _deny(admission.validate_rollout(req, _key(), policies, ns_labels, datetime.now(UTC)))
+        namespace = str(((req.new or {}).get("metadata") or {}).get("namespace") or "")
+        policies, ns_labels = _context(namespace, policy_index, namespace_index)
+    _deny(admission.validate_rollout(req, _key(memo), policies, ns_labels, datetime.now(UTC)))
 
 
 @kopf.on.validate(
@@ -217,14 +192,11 @@ def configure_admission(
     service_name: str | None = None,
     service_namespace: str | None = None,
     service_port: int = 443,
-    key: bytes | None = None,
-    context_provider: ContextProvider | None = None,
 ) -> None:
     """Serve the webhooks over HTTPS and let kopf keep the webhook configurations registered.
 
     `local`: the API server calls https://<host>:<port> (sandbox). `service`: it calls the Service
     `<service_name>.<service_namespace>:<service_port>`, which must route to `port` on the operator.
-    `key` is the approval signing key if the caller already loaded it (else read on first request).
     """
     common: dict[str, Any] = {
         "addr": host,
@@ -246,9 +218,3 @@ def configure_admission(
         raise ValueError(f"unknown webhook mode {mode!r}; use 'local' or 'service'")
     settings.admission.server = server
     settings.admission.managed = MANAGED_NAME
-    with _STATE.lock:
-        if key is not None:
-            _STATE.key = key
-        if service_namespace:
-            _STATE.namespace = service_namespace
-        _STATE.provider = context_provider
