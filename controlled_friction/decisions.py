@@ -144,6 +144,8 @@ class Decision:
     next_look: datetime | None = None
     # Set when this decision rolls the canary back, for the shell's counters (never parsed from text).
     rollback: RollbackReason | None = None
+    # Owned Deployments whose template was edited behind the operator's back and is being restored.
+    drift: tuple[Track, ...] = ()
 
     def events(self) -> list[RecordEvent]:
         return [a for a in self.actions if isinstance(a, RecordEvent)]

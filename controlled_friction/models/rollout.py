@@ -406,6 +406,12 @@ class RolloutStatus(StatusModel):
         default_factory=list, description="Verified approvals counted for the canary revision."
     )
     approvals_summary: str = Field(default="-", description="Counted/required approvals, e.g. 1/2.")
+    stable_template: dict[str, Any] | None = Field(
+        default=None,
+        description="Pod template of the stable revision, so stable can be restored after an edit behind "
+        "the operator's back (drift) or rolled back to after a promotion.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True, "type": "object"},
+    )
     aborted_revision: str | None = Field(
         default=None, description="Revision rolled back or aborted; it stays at weight 0 until a `retry` action."
     )

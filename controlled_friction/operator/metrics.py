@@ -27,6 +27,10 @@ RECONCILE_SECONDS = Histogram(
 RECONCILE_ERRORS = Counter(
     "controlled_friction_reconcile_errors_total", "Reconciles that failed and will be retried.", ["kind"]
 )
+DRIFT_REVERTED = Counter(
+    "controlled_friction_drift_reverted_total",
+    "Owned Deployments restored after their template was changed outside the Rollout.", ["namespace", "track"]
+)
 PROMETHEUS_QUERIES = Counter(
     "controlled_friction_prometheus_queries_total", "Queries sent to Prometheus (batched across Rollouts)."
 )

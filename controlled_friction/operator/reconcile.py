@@ -245,6 +245,8 @@ def _event(kube: Kube, body: dict[str, Any], ev: RecordEvent) -> None:
 def _observe_metrics(ns: str, name: str, before: RolloutStatus, decision: Decision, now: datetime) -> None:
     after = decision.status
     metrics.set_phase(ns, name, after.phase)
+    for track in decision.drift:
+        metrics.DRIFT_REVERTED.labels(ns, track).inc()
     if decision.rollback is not None:
         metrics.ROLLBACKS.labels(ns, decision.rollback).inc()
     if after.phase == "Healthy" and before.phase == "Promoting":

@@ -17,6 +17,7 @@ from controlled_friction.decisions import (
     RollbackReason,
     RolloutInput,
     ScaleDeployment,
+    Track,
 )
 from controlled_friction.models.rollout import Condition, HistoryEntry, Phase, RolloutStatus
 from controlled_friction.revision import revision_of
@@ -46,6 +47,7 @@ class Base:
         self.actions: list[Action] = []
         self.wakes: list[datetime] = []
         self.rollback_reason: RollbackReason | None = None
+        self.drifted: list[Track] = []
         self.revision = revision_of(inp.spec.template)
         self.action = self._take_action()
 
@@ -101,7 +103,7 @@ class Base:
             )
             self.event(kind, self.st.phase, self.st.message)
         set_conditions(self.st, self.now)
-        return Decision(self.st, tuple(self.actions), self._next_look(), self.rollback_reason)
+        return Decision(self.st, tuple(self.actions), self._next_look(), self.rollback_reason, tuple(self.drifted))
 
     def _next_look(self) -> datetime | None:
         wakes = [w for w in self.wakes if w > self.now]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from controlled_friction.decisions import Action, ApplyDeployment, Decision, RecordEvent, RolloutInput
+from controlled_friction import names
+from controlled_friction.decisions import Action, ApplyDeployment, Decision, RecordEvent, RolloutInput, Track
+from controlled_friction.drift import changed_paths, describe
 from controlled_friction.effective_plan import compute_effective_plan, is_ai_assisted, matching_policies
 from controlled_friction.models.rollout import AnalysisState, RolloutStatus
 from controlled_friction.planner.base import set_conditions
 from controlled_friction.planner.promotion import Promotion
 from controlled_friction.validation import name_problems, policy_hold, spec_problems
+from controlled_friction.workloads import pod_template
 
 
 def invalid(status: RolloutStatus, message: str, generation: int, now: datetime, *, what: str = "spec") -> Decision:
@@ -51,9 +54,39 @@ class Planner(Promotion):
                 self.actions.append(ApplyDeployment("stable", self.revision, self.spec.template, self.spec.replicas))
                 st.stable_revision = self.revision
                 self.event("Normal", "StableCreated", f"first revision {self.revision} deployed as stable")
+        if self.revision == st.stable_revision and st.stable_template is None:
+            st.stable_template = dict(self.spec.template)  # the template is the stable one: keep it
+        self.revert_drift()
         if self.revision == st.stable_revision:
             return self.steady()
         return self.canary()
+
+    def revert_drift(self) -> None:
+        """Put back an owned Deployment whose pod template was edited behind the operator's back."""
+        st, name = self.st, self.inp.name
+        stable, canary = self.obs.stable, self.obs.canary
+        promoting = stable is not None and stable.revision == self.revision != st.stable_revision
+        if (stable is not None and stable.template is not None and st.stable_template is not None
+                and st.stable_revision is not None and not promoting):
+            want = pod_template(st.stable_template, name, "stable", st.stable_revision)
+            paths = changed_paths(want, stable.template)
+            if paths:
+                self.actions.append(ApplyDeployment("stable", st.stable_revision, st.stable_template,
+                                                    self.spec.replicas))
+                self._drift("stable", paths)
+        if (canary is not None and canary.template is not None and canary.replicas > 0
+                and st.canary_revision == self.revision and canary.revision == self.revision):
+            want = pod_template(self.spec.template, name, "canary", self.revision)
+            paths = changed_paths(want, canary.template)
+            if paths:
+                self.actions.append(ApplyDeployment("canary", self.revision, self.spec.template, canary.replicas))
+                self._drift("canary", paths)
+
+    def _drift(self, track: Track, paths: list[str]) -> None:
+        self.drifted.append(track)
+        self.event("Warning", "DriftReverted",
+                   f"{names.deployment_name(self.inp.name, track)} was changed outside the Rollout "
+                   f"({describe(paths)}); restored. Change the Rollout instead: kubectl edit rollout {self.inp.name}")
 
     def start_canary(self, reason: str) -> None:
         st, inp = self.st, self.inp

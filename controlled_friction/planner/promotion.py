@@ -30,6 +30,7 @@ class Promotion(Steps):
         approvers = [a.user for a in st.approvals]
         self.history(self.revision, "Promoted", "all steps passed", approvers)
         st.stable_revision = self.revision
+        st.stable_template = dict(self.spec.template)
         st.canary_revision = None
         st.canary_weight = 0
         st.current_step_index = 0
