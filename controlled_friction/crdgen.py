@@ -175,7 +175,7 @@ def _spec_schema(model: type[BaseModel], description: str) -> Schema:
 
 
 def _crd(*, kind: str, plural: str, singular: str, scope: str, short: list[str], columns: list[Schema],
-         schema: Schema) -> Schema:
+         schema: Schema, subresources: Schema | None = None) -> Schema:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
@@ -202,7 +202,7 @@ def _crd(*, kind: str, plural: str, singular: str, scope: str, short: list[str],
                     "name": names.VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}},
+                    "subresources": subresources or {"status": {}},
                     "additionalPrinterColumns": columns,
                     "schema": {"openAPIV3Schema": schema},
                 }
@@ -217,6 +217,16 @@ def _column(name: str, type_: str, path: str, description: str, priority: int = 
         col["priority"] = priority
     return col
 
+
+# `scale` makes `kubectl scale rollout` and HorizontalPodAutoscalers work, as with Argo Rollouts.
+ROLLOUT_SUBRESOURCES: Schema = {
+    "status": {},
+    "scale": {
+        "specReplicasPath": ".spec.replicas",
+        "statusReplicasPath": ".status.replicas",
+        "labelSelectorPath": ".status.selector",
+    },
+}
 
 AGE = _column("Age", "date", ".metadata.creationTimestamp", "Time since the object was created.")
 
@@ -241,7 +251,7 @@ def rollout_crd() -> Schema:
         AGE,
     ]
     return _crd(kind="Rollout", plural=names.ROLLOUT_PLURAL, singular="rollout", scope="Namespaced",
-                short=["cfro"], columns=columns, schema=schema)
+                short=["cfro"], columns=columns, schema=schema, subresources=ROLLOUT_SUBRESOURCES)
 
 
 def policy_crd() -> Schema:

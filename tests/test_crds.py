@@ -111,7 +111,23 @@ def test_rollout_names_scope_and_subresources_follow_the_contract() -> None:
     (version,) = spec["versions"]
     assert version["name"] == names.VERSION == "v1alpha1"
     assert version["served"] and version["storage"]
-    assert version["subresources"] == {"status": {}}
+    assert version["subresources"] == {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert status["replicas"]["type"] == "integer" and status["selector"]["type"] == "string"
+
+
+def test_rollout_names_a_gateway_api_route() -> None:
+    spec = _root_schema(_crds()["Rollout"])["properties"]["spec"]["properties"]
+    route = spec["trafficRouting"]["properties"]["gatewayAPI"]["properties"]["httpRoute"]
+    assert route["type"] == "string" and "HTTPRoute" in route["description"]
+    assert spec["trafficRouting"]["properties"]["gatewayAPI"]["required"] == ["httpRoute"]
 
 
 def test_policy_names_scope_and_subresources_follow_the_contract() -> None:

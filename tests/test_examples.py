@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controlled_friction import names
+from controlled_friction import names, traffic_routing
 from controlled_friction.analysis import validate_query
 from controlled_friction.effective_plan import compute_effective_plan
 from controlled_friction.models.policy import FrictionPolicySpec, NamedPolicy
@@ -30,13 +30,16 @@ def _example(name: str) -> dict[str, Any]:
 def test_the_documented_examples_exist() -> None:
     assert [p.name for p in FILES] == [
         "frictionpolicy-critical.yaml", "rollout-critical.yaml", "rollout-custom-query.yaml",
-        "rollout-noncritical.yaml",
+        "rollout-gateway.yaml", "rollout-noncritical.yaml",
     ]
 
 
 @pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
 def test_example_validates_with_the_models(path: Path) -> None:
     for doc in _docs(path):
+        if doc["kind"] == "HTTPRoute":
+            assert doc["apiVersion"] == f"{traffic_routing.GATEWAY_GROUP}/{traffic_routing.HTTPROUTE_VERSION}"
+            continue  # checked with its Rollout below (and against the real CRD in the e2e suite)
         assert doc["apiVersion"] == names.API_VERSION
         if doc["kind"] == "Rollout":
             spec = RolloutSpec.model_validate(doc["spec"])
@@ -84,3 +87,23 @@ def test_policy_leaves_the_critical_example_plan_as_strict_as_written() -> None:
     ai_plan = compute_effective_plan(spec, [policy], ai_assisted=True)
     (ai_gate,) = [s for s in ai_plan.steps if s.kind == "approval"]
     assert max(a.count for a in ai_gate.approvals) == 3
+
+
+def test_gateway_example_routes_its_rollout_and_keeps_the_users_rule() -> None:
+    route, rollout = _docs(EXAMPLES / "rollout-gateway.yaml")
+    spec = RolloutSpec.model_validate(rollout["spec"])
+    assert spec.traffic_routing is not None and spec.traffic_routing.gateway_api is not None
+    assert spec.traffic_routing.gateway_api.http_route == route["metadata"]["name"]
+    assert route["metadata"]["namespace"] == rollout["metadata"]["namespace"]
+    name = rollout["metadata"]["name"]
+    stable, canary = (traffic_routing.service_name(name, t) for t in (names.TRACK_STABLE, names.TRACK_CANARY))
+    weights = traffic_routing.route_weights(route, stable, canary)
+    assert isinstance(weights, traffic_routing.RouteWeights)
+    assert [r.index for r in weights.rules] == [0] and weights.weight == 0
+    patch = traffic_routing.route_weight_patch(route, stable, canary, 5)
+    assert isinstance(patch, traffic_routing.RoutePatch)
+    after = traffic_routing.apply_json_patch(route, patch.patch)
+    assert after["spec"]["rules"][1] == route["spec"]["rules"][1]
+    assert traffic_routing.route_weights(after, stable, canary).weight == 5  # type: ignore[union-attr]
+    # Every weight step is exact with a router, including above 50% and with only 4 replicas.
+    assert any((s.set_weight or 0) > 50 for s in spec.strategy.canary.steps)

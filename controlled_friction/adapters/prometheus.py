@@ -102,6 +102,28 @@ class PrometheusClient:
             raise PrometheusQueryError(f"{self.url} did not answer like a Prometheus API: {err}") from err
         return result
 
+    def series(self, query: str, start: datetime, end: datetime, step: float) -> list[tuple[float, float]]:
+        """A range query: (unix time, value) points, summed over the returned series; NaN/±Inf
+        points are left out. Errors are raised like `instant`'s (for the dashboard's plots)."""
+        try:
+            result = self._conn.custom_query_range(query, start_time=start, end_time=end, step=f"{step:g}s")
+        except _TRANSIENT as err:
+            raise PrometheusUnavailable(f"Prometheus at {self.url} is unreachable: {_short(err)}") from err
+        except PrometheusApiClientException as err:
+            status, detail = _http_error(str(err))
+            if status in _UNAVAILABLE_STATUS:
+                raise PrometheusUnavailable(f"Prometheus at {self.url} answered {status}: {detail}") from err
+            raise PrometheusQueryError(f"Prometheus rejected the query ({status}): {detail}") from err
+        except (ValueError, KeyError, TypeError) as err:
+            raise PrometheusQueryError(f"{self.url} did not answer like a Prometheus API: {err}") from err
+        points: dict[float, float] = {}
+        for item in result if isinstance(result, list) else []:
+            for t, text in item.get("values", []) if isinstance(item, dict) else []:
+                value = _float(text)
+                if math.isfinite(value):
+                    points[float(t)] = points.get(float(t), 0.0) + value
+        return sorted(points.items())
+
 
 def _number(result: Any) -> float | None:
     if not isinstance(result, list):

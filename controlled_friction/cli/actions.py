@@ -14,11 +14,12 @@ from typing import Any, Literal
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from controlled_friction import admission, names
+from controlled_friction import admission, names, template_diff
 from controlled_friction.adapters.kube import Kube, NotFound
 from controlled_friction.effective_plan import compute_effective_plan, is_ai_assisted, matching_policies
 from controlled_friction.models.rollout import EffectivePlan, RolloutSpec
 from controlled_friction.revision import revision_of
+from controlled_friction.template_diff import ChangeReport
 
 Action = Literal["promote", "abort", "retry"]
 ACTIONS: tuple[Action, ...] = ("promote", "abort", "retry")
@@ -100,11 +101,41 @@ def approve(kube: Kube, namespace: str, name: str, revision: str | None = None) 
     return rev
 
 
-def request_action(kube: Kube, namespace: str, name: str, action: Action) -> dict[str, Any]:
-    """Set the one-shot action annotation; returns the Rollout as it was before (for hints)."""
+def change_report(kube: Kube, obj: dict[str, Any]) -> ChangeReport:
+    """Stable -> canary: what `<name>-stable` runs against the Rollout's spec.template, read as the caller."""
+    meta = obj.get("metadata") or {}
+    ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+    dep_name = names.deployment_name(name, names.TRACK_STABLE)
+    try:
+        deployment = kube.get_deployment(ns, dep_name)
+    except ApiException as exc:
+        raise CommandError(f"cannot read Deployment {ns}/{dep_name}: {api_error_message(exc)}") from exc
+    return template_diff.change_report(obj, deployment)
+
+
+def acted_revision(obj: dict[str, Any]) -> str | None:
+    """The revision an action acts on: the canary in progress, else the rolled-back one."""
+    st = obj.get("status") or {}
+    rev = st.get("canaryRevision") or (st.get("abortedRevision") if st.get("phase") == "RolledBack" else None)
+    return str(rev) if rev else None
+
+
+def request_action(
+    kube: Kube, namespace: str, name: str, action: Action, expect_revision: str | None = None
+) -> dict[str, Any]:
+    """Set the one-shot action annotation; returns the Rollout as it was before (for hints).
+
+    With `expect_revision` (the revision the user confirmed, e.g. in the dashboard) the action is
+    refused when the Rollout has moved on to another revision meanwhile."""
     if action not in ACTIONS:
         raise CommandError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}", exit_code=2)
     before = get_rollout(kube, namespace, name)
+    current = acted_revision(before)
+    if expect_revision is not None and current != expect_revision:
+        raise CommandError(
+            f"{action} not requested: {namespace}/{name} is now at revision {current or '-'}, "
+            f"not {expect_revision} as confirmed; look again"
+        )
     _patch(kube, namespace, name, {names.ANN_ACTION: action})
     return before
 

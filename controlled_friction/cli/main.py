@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import enum
 import functools
+import json
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -280,7 +282,11 @@ def _rollout_view(kube: Kube, namespace: str, name: str) -> RenderableType:
         events = kube.list_events(namespace, name)
     except ApiException:  # e.g. no RBAC on events: show the rest anyway
         events = []
-    return views.rollout_panel(obj, events, now())
+    try:
+        change = actions.change_report(kube, obj).summary
+    except actions.CommandError as exc:  # e.g. no RBAC on Deployments: say so, show the rest
+        change = f"unknown: {exc.message}"
+    return views.rollout_panel(obj, events, now(), change=change)
 
 
 def _watch(render: Callable[[], RenderableType]) -> None:
@@ -389,6 +395,38 @@ def history(
 # ---------------------------------------------------------------- approve & actions
 
 
+class OutputFormat(enum.StrEnum):
+    text = "text"
+    json = "json"
+
+
+@app.command()
+def diff(
+    name: RolloutName,
+    output: Annotated[
+        OutputFormat, typer.Option("--output", "-o", help="text (for people) or json (for scripts).",
+                                   case_sensitive=False)
+    ] = OutputFormat.text,
+    kubeconfig: Kubeconfig = None,
+    context: KubeContext = None,
+    namespace: Namespace = None,
+) -> None:
+    """What the canary changes: the stable -> canary pod-template diff, with change record and author.
+
+    Stable is what the <NAME>-stable Deployment runs; canary is the Rollout's spec.template."""
+    with reported_errors():
+        kube, ns = _target(kubeconfig, context, namespace)
+        report = actions.change_report(kube, actions.get_rollout(kube, ns, name))
+    if output == OutputFormat.json:
+        typer.echo(json.dumps(report.to_json(), indent=2, ensure_ascii=False))
+    else:
+        out.print(views.diff_view(report))
+
+
+def _stdin_is_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
 @app.command()
 def approve(
     name: RolloutName,
@@ -396,14 +434,47 @@ def approve(
         str | None,
         typer.Option("--revision", help="Revision to approve (default: the canary revision in status)."),
     ] = None,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--yes",
+            "-y",
+            help="Approve without asking. Without it the change is shown and you are asked to confirm; "
+            "when stdin is not a terminal, approve refuses (exit 2) instead of guessing.",
+        ),
+    ] = False,
     kubeconfig: Kubeconfig = None,
     context: KubeContext = None,
     namespace: Namespace = None,
 ) -> None:
-    """Approve the canary revision as yourself; the admission webhook verifies and records who you are."""
+    """Approve the canary revision as yourself; the admission webhook verifies and records who you are.
+
+    Shows what you approve first (the one-line template diff, change record, author) and asks."""
     with reported_errors():
         kube, ns = _target(kubeconfig, context, namespace)
-        rev = actions.approve(kube, ns, name, revision)
+        obj = actions.get_rollout(kube, ns, name)
+        rev = actions.approval_revision(obj, revision)
+        try:
+            report = actions.change_report(kube, obj)
+            summary, record, author = report.summary, report.change_record, report.author
+            template_rev = report.canary_revision
+        except actions.CommandError as exc:
+            summary, record, author, template_rev = f"unknown: {exc.message}", None, None, None
+        out.print(Text(f"Approving revision {rev} of {ns}/{name}", style="bold"), soft_wrap=True)
+        out.print(Text(f"  change:        {summary}"), soft_wrap=True)
+        out.print(Text(f"  change record: {record or '- (none given)'}"), soft_wrap=True)
+        out.print(Text(f"  author:        {author or '-'}"), soft_wrap=True)
+        if template_rev and template_rev != rev:
+            err.print(Text(f"note: spec.template is revision {template_rev}; the change above is that one's",
+                           style="yellow"), soft_wrap=True)
+        out.print(Text(f"  full diff:     controlled-friction diff {name} -n {ns}", style="dim"), soft_wrap=True)
+        if not yes:
+            if not _stdin_is_terminal():
+                fail("not approved: stdin is not a terminal, so nobody confirmed; pass --yes to approve "
+                     "without a prompt", 2)
+            if not typer.confirm(f"Approve revision {rev} as yourself?", default=False):
+                fail("not approved", 1)
+        actions.approve(kube, ns, name, rev)
     out.print(
         Text(
             f"approval for revision {rev} of {ns}/{name} submitted; "
@@ -411,6 +482,56 @@ def approve(
         ),
         soft_wrap=True,
     )
+
+
+def kubeconfig_user(kubeconfig: str | None, context: str | None) -> tuple[str, str | None]:
+    """The user and context name of the chosen kubeconfig context (what the dashboard acts as)."""
+    try:
+        contexts, active = list_kube_config_contexts(config_file=kubeconfig)  # type: ignore[no-untyped-call]
+    except (ConfigException, OSError, TypeError):
+        return "in-cluster service account", None
+    chosen = next((c for c in contexts if c.get("name") == context), None) if context else active
+    chosen = chosen or {}
+    return str((chosen.get("context") or {}).get("user") or "unknown user"), chosen.get("name")
+
+
+@app.command()
+def dashboard(
+    kubeconfig: Kubeconfig = None,
+    context: KubeContext = None,
+    namespace: Annotated[
+        str | None, typer.Option("--namespace", "-n", help="Show only this namespace (default: every namespace).")
+    ] = None,
+    address: Annotated[str, typer.Option("--address", help="Address to listen on; keep it local.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8090,
+    prometheus_url: Annotated[
+        str | None,
+        typer.Option("--prometheus-url", help="Prometheus as reachable from here, for the plots (default: the "
+                     "Rollout's or policy's address, else $CF_PROMETHEUS_URL)."),
+    ] = None,
+) -> None:
+    """A local web UI: Rollouts, step timeline, approvals, template diff, live plots, and actions.
+
+    Every read and write is made with your kubeconfig's credentials, so approvals are verified by the
+    admission webhook exactly like `kubectl annotate`."""
+    from controlled_friction.dashboard.server import Dashboard, serve
+
+    if not 0 < port <= 65535:
+        raise typer.BadParameter(f"{port} is not a port number", param_hint="--port")
+    with reported_errors():
+        kube = connect(kubeconfig, context)
+    user, ctx_name = kubeconfig_user(kubeconfig, context)
+    if address not in ("127.0.0.1", "localhost", "::1"):
+        err.print(Text(f"warning: listening on {address}: anyone who reaches it acts as {user}", style="yellow"))
+    dash = Dashboard(kube=kube, user=user, context=ctx_name, namespace=namespace, prometheus_url=prometheus_url)
+
+    def ready(url: str) -> None:
+        out.print(Text(f"dashboard for {user} at {url} (Ctrl-C to stop)"), soft_wrap=True)
+
+    try:
+        serve(dash, address, port, ready)
+    except OSError as exc:
+        fail(f"cannot listen on {address}:{port}: {exc.strerror or exc}")
 
 
 def _action(

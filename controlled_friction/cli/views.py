@@ -29,6 +29,7 @@ from controlled_friction.models.rollout import (
     RolloutStatus,
 )
 from controlled_friction.revision import revision_of
+from controlled_friction.template_diff import ANN_CHANGE_RECORD, Change, ChangeReport, render_value
 
 PHASE_STYLES = {
     "Pending": "dim",
@@ -196,31 +197,51 @@ def added_by_text(step: PlannedStep) -> Text:
 # ---------------------------------------------------------------- status: list
 
 
+def rollout_row(obj: dict[str, Any], now: datetime) -> dict[str, str]:
+    """One line of the Rollout list, as text (the terminal table and the dashboard show the same)."""
+    meta = _meta(obj)
+    raw = obj.get("status") or {}
+    st, _ = read_status(obj)
+    step = "-"
+    if st is not None and st.effective_plan is not None and _has_canary(st):
+        total = len(st.effective_plan.steps)
+        step = f"{min(st.current_step_index + 1, total)}/{total}"
+    return {
+        "namespace": str(meta.get("namespace", "")),
+        "name": str(meta.get("name", "")),
+        "phase": str(raw.get("phase") or "Pending"),
+        "weight": f"{raw.get('canaryWeight', 0)}%",
+        "step": step,
+        "approvals": str(raw.get("approvalsSummary") or "-"),
+        "canaryRevision": _short(raw.get("canaryRevision")),
+        "stableRevision": _short(raw.get("stableRevision")),
+        "age": age(meta.get("creationTimestamp"), now),
+        "message": str(raw.get("message") or ""),
+    }
+
+
+def rollout_rows(items: Iterable[dict[str, Any]], now: datetime) -> list[dict[str, str]]:
+    rows = sorted(items, key=lambda o: (_meta(o).get("namespace", ""), _meta(o).get("name", "")))
+    return [rollout_row(obj, now) for obj in rows]
+
+
 def rollouts_table(items: Iterable[dict[str, Any]], now: datetime) -> Table:
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("NAMESPACE", "NAME", "PHASE", "WEIGHT", "STEP", "APPROVALS", "CANARY", "STABLE", "AGE"):
         table.add_column(col, no_wrap=True)
     table.add_column("MESSAGE", overflow="fold")
-    rows = sorted(items, key=lambda o: (_meta(o).get("namespace", ""), _meta(o).get("name", "")))
-    for obj in rows:
-        meta = _meta(obj)
-        raw = obj.get("status") or {}
-        st, _ = read_status(obj)
-        step = "-"
-        if st is not None and st.effective_plan is not None and _has_canary(st):
-            total = len(st.effective_plan.steps)
-            step = f"{min(st.current_step_index + 1, total)}/{total}"
+    for row in rollout_rows(items, now):
         table.add_row(
-            Text(meta.get("namespace", "")),
-            Text(meta.get("name", "")),
-            phase_text(raw.get("phase")),
-            f"{raw.get('canaryWeight', 0)}%",
-            step,
-            Text(str(raw.get("approvalsSummary") or "-")),
-            Text(_short(raw.get("canaryRevision"))),
-            Text(_short(raw.get("stableRevision"))),
-            age(meta.get("creationTimestamp"), now),
-            Text(str(raw.get("message") or "")),
+            Text(row["namespace"]),
+            Text(row["name"]),
+            phase_text(row["phase"]),
+            row["weight"],
+            row["step"],
+            Text(row["approvals"]),
+            Text(row["canaryRevision"]),
+            Text(row["stableRevision"]),
+            row["age"],
+            Text(row["message"]),
         )
     return table
 
@@ -228,18 +249,45 @@ def rollouts_table(items: Iterable[dict[str, Any]], now: datetime) -> Table:
 # ---------------------------------------------------------------- status: one rollout
 
 
-def _approvals_text(st: RolloutStatus, now: datetime) -> Text:
-    who = ", ".join(f"{a.user} ({age(a.time, now)} ago)" for a in st.approvals)
-    summary = st.approvals_summary or "-"
-    if summary == "-" and not who:
-        return Text("none required", style="dim")
-    text = Text(summary if summary != "-" else f"{len(st.approvals)}", style="bold")
-    text.append(f" — {who}" if who else " — nobody yet")
+def _current_gate(st: RolloutStatus) -> PlannedStep | None:
     plan = st.effective_plan
     if plan is not None and _has_canary(st) and st.current_step_index < len(plan.steps):
         gate = plan.steps[st.current_step_index]
         if gate.kind == "approval" and gate.approvals:
-            text.append(f"\nneeds {step_summary(gate)}", style="dim")
+            return gate
+    return None
+
+
+def approvals_info(st: RolloutStatus, now: datetime) -> dict[str, Any]:
+    """Who approved when, how many more are needed and from which groups (when at a gate)."""
+    gate = _current_gate(st)
+    counted, _, required = (st.approvals_summary or "").partition("/")
+    more = None
+    if counted.isdigit() and required.isdigit():
+        more = max(0, int(required) - int(counted))
+    return {
+        "summary": st.approvals_summary or "-",
+        "approvers": [
+            {"user": a.user, "time": a.time.isoformat() if a.time else None, "ago": age(a.time, now)}
+            for a in st.approvals
+        ],
+        "atGate": gate is not None,
+        "needs": step_summary(gate) if gate is not None else None,
+        "groups": sorted({g for a in gate.approvals for g in a.groups}) if gate is not None else [],
+        "more": more,
+    }
+
+
+def _approvals_text(st: RolloutStatus, now: datetime) -> Text:
+    info = approvals_info(st, now)
+    who = ", ".join(f"{a['user']} ({a['ago']} ago)" for a in info["approvers"])
+    summary = info["summary"]
+    if summary == "-" and not who:
+        return Text("none required", style="dim")
+    text = Text(summary if summary != "-" else f"{len(st.approvals)}", style="bold")
+    text.append(f" — {who}" if who else " — nobody yet")
+    if info["needs"]:
+        text.append(f"\nneeds {info['needs']}", style="dim")
     return text
 
 
@@ -272,25 +320,45 @@ def measurements_table(st: RolloutStatus, spec: dict[str, Any], now: datetime) -
     for col in ("metric", "verdict", "value", "bound", "streak", "measured"):
         table.add_column(col, no_wrap=True)
     table.add_column("message", overflow="fold")
+    for row in measurement_rows(st, spec, now):
+        if row["verdict"] is None:
+            table.add_row(Text(row["metric"]), Text("not measured yet", style="dim"), "-", "-", "-", "-", "")
+            continue
+        table.add_row(
+            Text(row["metric"]),
+            verdict_text(row["verdict"]),
+            row["value"],
+            Text(row["bound"]),
+            row["streak"],
+            row["measured"],
+            Text(row["message"]),
+        )
+    return table
+
+
+def measurement_rows(st: RolloutStatus, spec: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+    """The last measurement of each planned (then any other) metric, as text; verdict None if none yet."""
     states = {m.metric: m for m in st.analysis.metrics}
     planned = [m.name for m in st.effective_plan.metrics] if st.effective_plan else []
     limits = _limits(spec)
+    rows: list[dict[str, Any]] = []
     for name in [*planned, *sorted(n for n in states if n not in planned)]:
         state = states.get(name)
         last = state.last if state else None
         if last is None:
-            table.add_row(Text(name), Text("not measured yet", style="dim"), "-", "-", "-", "-", "")
+            rows.append({"metric": name, "verdict": None, "value": "-", "bound": "-", "streak": "-",
+                         "measured": "-", "message": ""})
             continue
-        table.add_row(
-            Text(name),
-            verdict_text(last.verdict),
-            format_value(last.value),
-            Text(last.bound or "-"),
-            _streak(state, limits),
-            f"{age(last.time, now)} ago" if last.time else "-",
-            Text(last.message),
-        )
-    return table
+        rows.append({
+            "metric": name,
+            "verdict": last.verdict,
+            "value": format_value(last.value),
+            "bound": last.bound or "-",
+            "streak": _streak(state, limits),
+            "measured": f"{age(last.time, now)} ago" if last.time else "-",
+            "message": last.message,
+        })
+    return rows
 
 
 def _event_time(ev: dict[str, Any]) -> datetime | None:
@@ -303,22 +371,35 @@ def _event_time(ev: dict[str, Any]) -> datetime | None:
 
 
 def events_table(events: Iterable[dict[str, Any]], now: datetime, limit: int = EVENTS_SHOWN) -> Table:
-    epoch = datetime.fromtimestamp(0, UTC)
-    recent = sorted(events, key=lambda e: _event_time(e) or epoch)[-limit:]
     table = Table(title="Recent events", title_justify="left", header_style="bold")
     for col in ("age", "type", "reason", "count"):
         table.add_column(col, no_wrap=True)
     table.add_column("message", overflow="fold")
-    for ev in recent:
-        kind = str(ev.get("type") or "")
+    for ev in event_rows(events, now, limit):
         table.add_row(
-            age(_event_time(ev), now),
-            Text(kind, style="yellow" if kind == "Warning" else ""),
-            Text(str(ev.get("reason") or "")),
-            str(ev.get("count") or 1),
-            Text(str(ev.get("message") or "")),
+            ev["age"],
+            Text(ev["type"], style="yellow" if ev["type"] == "Warning" else ""),
+            Text(ev["reason"]),
+            str(ev["count"]),
+            Text(ev["message"]),
         )
     return table
+
+
+def event_rows(events: Iterable[dict[str, Any]], now: datetime, limit: int = EVENTS_SHOWN) -> list[dict[str, Any]]:
+    """The most recent Events, oldest first."""
+    epoch = datetime.fromtimestamp(0, UTC)
+    recent = sorted(events, key=lambda e: _event_time(e) or epoch)[-limit:]
+    return [
+        {
+            "age": age(_event_time(ev), now),
+            "type": str(ev.get("type") or ""),
+            "reason": str(ev.get("reason") or ""),
+            "count": int(ev.get("count") or 1),
+            "message": str(ev.get("message") or ""),
+        }
+        for ev in recent
+    ]
 
 
 def _field_grid() -> Table:
@@ -328,8 +409,11 @@ def _field_grid() -> Table:
     return grid
 
 
-def rollout_panel(obj: dict[str, Any], events: list[dict[str, Any]], now: datetime) -> Panel:
-    """Everything a person needs to know about one Rollout right now."""
+def rollout_panel(
+    obj: dict[str, Any], events: list[dict[str, Any]], now: datetime, change: str | None = None
+) -> Panel:
+    """Everything a person needs to know about one Rollout right now. `change` is the one-line
+    summary of the stable -> canary template diff (`template_diff.summarize`), when known."""
     meta = _meta(obj)
     spec = obj.get("spec") or {}
     raw = obj.get("status") or {}
@@ -350,6 +434,8 @@ def rollout_panel(obj: dict[str, Any], events: list[dict[str, Any]], now: dateti
     generation = meta.get("generation")
     seen = st.observed_generation is not None and generation is not None and st.observed_generation >= generation
     grid.add_row("Template revision", Text(f"{_short(rev)}" + ("" if seen else " (not yet seen by the operator)")))
+    if change:
+        grid.add_row("Change", Text(change))
     grid.add_row(
         "Weight",
         Text(f"{st.canary_weight}% step weight, {st.effective_weight:g}% effective (canary share of ready pods)"),
@@ -364,6 +450,9 @@ def rollout_panel(obj: dict[str, Any], events: list[dict[str, Any]], now: dateti
         if claimed and claimed != author:
             who += f" (change author: {claimed})"
         grid.add_row("Author", Text(who))
+    record = ann.get(ANN_CHANGE_RECORD)
+    if record:
+        grid.add_row("Change record", Text(record))
     if st.effective_plan is not None:
         grid.add_row("Policies", Text(", ".join(st.effective_plan.policies) or "none match"))
         if st.effective_plan.frozen_reason:
@@ -524,3 +613,120 @@ def history_table(obj: dict[str, Any], now: datetime) -> RenderableType:
             Text(h.author or "-"),
         )
     return table
+
+
+# ---------------------------------------------------------------- diff
+
+
+CHANGE_MARKS = {"added": ("+", "green"), "removed": ("-", "red"), "changed": ("~", "yellow")}
+
+
+def change_line(change: Change) -> str:
+    """`~ spec.containers[app].image: shop/app:1 → shop/app:2` (also the dashboard's wording)."""
+    mark = CHANGE_MARKS[change.kind][0]
+    if change.kind == "added":
+        return f"{mark} {change.path}: {render_value(change.new)}"
+    if change.kind == "removed":
+        return f"{mark} {change.path}: {render_value(change.old)}"
+    return f"{mark} {change.path}: {render_value(change.old)} → {render_value(change.new)}"
+
+
+def diff_view(report: ChangeReport) -> Panel:
+    """The stable -> canary template diff with who asked for it and why."""
+    grid = _field_grid()
+    grid.add_row("Stable", Text(f"revision {_short(report.stable_revision)}"
+                                + ("" if report.stable_found else " (no stable Deployment)")))
+    grid.add_row("Canary", Text(f"revision {_short(report.canary_revision)} (spec.template)"))
+    who = report.author or "- (not recorded by the admission webhook)"
+    if report.change_author and report.change_author != report.author:
+        who += f" (change author: {report.change_author})"
+    grid.add_row("Author", Text(who))
+    grid.add_row("Change record", Text(report.change_record or "- (none given)",
+                                       style="" if report.change_record else "dim"))
+    grid.add_row("Summary", Text(report.summary, style="bold"))
+    lines = Text()
+    for i, change in enumerate(report.changes):
+        if i:
+            lines.append("\n")
+        lines.append(change_line(change), style=CHANGE_MARKS[change.kind][1])
+    body: list[RenderableType] = [grid]
+    if report.changes:
+        body.append(Text("Changes (stable → canary)", style="bold"))
+        body.append(lines)
+    title = f"Template diff of {report.namespace}/{report.name}"
+    return Panel(Group(*body), title=title, title_align="left", expand=False)
+
+
+# ---------------------------------------------------------------- one rollout as data (dashboard)
+
+
+def step_rows(st: RolloutStatus, now: datetime) -> list[dict[str, Any]]:
+    """The effective plan as a timeline: each step done, current or pending, time left, and who added it."""
+    plan = st.effective_plan
+    if plan is None:
+        return []
+    active = _has_canary(st)
+    rows = []
+    for i, step in enumerate(plan.steps):
+        state = "pending"
+        if active:
+            state = "done" if i < st.current_step_index else "current" if i == st.current_step_index else "pending"
+        elif st.phase == "Healthy" and not st.canary_revision:
+            state = "done"
+        timed = step.pause_seconds if step.kind == "pause" else step.analysis_seconds if step.kind == "analysis" \
+            else None
+        left = None
+        if state == "current" and timed is not None and st.step_started_at is not None:
+            left = max(0.0, timed - (now - st.step_started_at).total_seconds())
+        rows.append({
+            "index": i + 1,
+            "kind": step.kind,
+            "summary": step_summary(step),
+            "state": state,
+            "durationSeconds": timed,
+            "remainingSeconds": left,
+            "addedBy": [{"policy": a.policy, "rule": a.rule} for a in step.added_by],
+        })
+    return rows
+
+
+def rollout_data(
+    obj: dict[str, Any], events: list[dict[str, Any]], now: datetime, report: ChangeReport | None = None,
+    report_error: str | None = None,
+) -> dict[str, Any]:
+    """Everything `rollout_panel` shows, as JSON-ready data, plus the step timeline and the diff."""
+    meta = _meta(obj)
+    raw = obj.get("status") or {}
+    row = rollout_row(obj, now)
+    st, problem = read_status(obj)
+    ann = _annotations(obj)
+    data: dict[str, Any] = {
+        **row,
+        "statusProblem": problem or None,
+        "templateRevision": template_revision(obj),
+        "author": ann.get(names.ANN_AUTHOR),
+        "changeAuthor": ann.get(names.ANN_CHANGE_AUTHOR),
+        "changeRecord": ann.get(ANN_CHANGE_RECORD),
+        "events": event_rows(events, now),
+        "diff": report.to_json() if report is not None else None,
+        "diffError": report_error,
+        "diffLines": [change_line(c) for c in report.changes] if report is not None else [],
+        "pendingAction": ann.get(names.ANN_ACTION),
+        "generation": meta.get("generation"),
+        "observedGeneration": raw.get("observedGeneration"),
+    }
+    if st is None:
+        return {**data, "stepText": "-", "steps": [], "approvals": None, "measurements": [], "policies": [],
+                "frozen": None, "effectiveWeight": None, "actedRevision": None}
+    return {
+        **data,
+        "stepText": step_progress(st, now),
+        "steps": step_rows(st, now),
+        "approvals": approvals_info(st, now),
+        "measurements": measurement_rows(st, obj.get("spec") or {}, now),
+        "policies": list(st.effective_plan.policies) if st.effective_plan else [],
+        "frozen": st.effective_plan.frozen_reason if st.effective_plan else None,
+        "effectiveWeight": st.effective_weight,
+        "actedRevision": st.canary_revision or (st.aborted_revision if st.phase == "RolledBack" else None),
+        "hasCanary": _has_canary(st),
+    }

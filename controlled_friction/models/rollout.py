@@ -224,6 +224,25 @@ class ServiceSpec(SpecModel):
     target_port: int = Field(default=8080, ge=1, le=65535, description="Container port.")
 
 
+class GatewayAPIRouting(SpecModel):
+    http_route: str = Field(
+        max_length=253,
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+        description="Name of an HTTPRoute (gateway.networking.k8s.io/v1) in the Rollout's namespace. The "
+        "operator sets the weights of the backendRefs to Services <rollout>-stable and <rollout>-canary in "
+        "every rule that references <rollout>-stable (adding the canary backendRef if missing), to the step's "
+        "weight exactly; other rules and backends are left untouched.",
+    )
+
+
+class TrafficRouting(SpecModel):
+    gateway_api: GatewayAPIRouting | None = Field(
+        default=None,
+        alias="gatewayAPI",
+        description="Route traffic with a Gateway API HTTPRoute: exact weights with any replica count.",
+    )
+
+
 class RolloutSpec(SpecModel):
     replicas: int = Field(default=1, ge=0, le=1000, description="Replicas of the stable version.")
     selector: LabelSelector = Field(description="Selects the app's pods; must match the template labels.")
@@ -232,6 +251,11 @@ class RolloutSpec(SpecModel):
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True, "type": "object"},
     )
     service: ServiceSpec | None = Field(default=None, description="Service fronting both tracks.")
+    traffic_routing: TrafficRouting | None = Field(
+        default=None,
+        description="A traffic router that sets the canary's share exactly. Without one, the weight is "
+        "realised by replica counts next to a full stable.",
+    )
     strategy: Strategy = Field(description="How a new revision is rolled out.")
     analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="Metrics that guard the rollout.")
 
@@ -394,6 +418,16 @@ class RolloutStatus(StatusModel):
     )
     canary_revision: str | None = Field(
         default=None, description="Revision run by the canary Deployment while a rollout is under way."
+    )
+    replicas: int | None = Field(
+        default=None,
+        description="Pods of the Rollout's selector (scale subresource statusReplicasPath, read by "
+        "`kubectl scale` and HorizontalPodAutoscalers).",
+    )
+    selector: str | None = Field(
+        default=None,
+        description="The Rollout's pod selector as a label-selector string (scale subresource "
+        "labelSelectorPath; an HPA uses it to find the pods).",
     )
     canary_weight: int = Field(default=0, description="Weight of the current step, once in force.")
     effective_weight: float = Field(default=0.0, description="Canary share of ready pods, percent.")

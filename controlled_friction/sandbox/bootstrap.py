@@ -17,6 +17,7 @@ from controlled_friction.names import (
     SENIOR_GROUP,
 )
 from controlled_friction.sandbox.identities import ENGINEERS_GROUP
+from controlled_friction.traffic_routing import GATEWAY_GROUP
 
 Manifest = dict[str, Any]
 
@@ -67,6 +68,7 @@ def engineer_rbac() -> list[Manifest]:
         _rule(["apps"], ["deployments", "replicasets"], READ),
         _rule([""], ["pods", "events", "namespaces"], READ),
         _rule(["events.k8s.io"], ["events"], READ),
+        _rule([GATEWAY_GROUP], ["httproutes"], READ),
     ])
     bindings = [
         _binding("ClusterRoleBinding", f"{ENGINEER_ROLE}:{group}", "ClusterRole", ENGINEER_ROLE,
@@ -87,6 +89,8 @@ def operator_rbac() -> list[Manifest]:
         _rule(["apps"], ["replicasets"], READ),
         _rule([""], ["pods"], READ),
         _rule([""], ["services"], ["get", "list", "watch", "create", "patch", "update"]),
+        # Only the weights of its own rule's backendRefs (a JSON patch); never create or delete routes.
+        _rule([GATEWAY_GROUP], ["httproutes"], ["get", "list", "watch", "patch"]),
         _rule([""], ["events"], ["create", "patch"]),
         _rule(["events.k8s.io"], ["events"], ["create", "patch"]),
         _rule([""], ["namespaces"], READ),

@@ -25,7 +25,16 @@ from typing import Any
 import yaml
 
 from controlled_friction.names import OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT
-from controlled_friction.sandbox import bootstrap, components, health, identities, kubeconfig, layout, pki
+from controlled_friction.sandbox import (
+    bootstrap,
+    components,
+    gateway_api,
+    health,
+    identities,
+    kubeconfig,
+    layout,
+    pki,
+)
 from controlled_friction.sandbox.build import KUBERNETES_VERSION, binary, ensure_built
 from controlled_friction.sandbox.components import Component
 from controlled_friction.sandbox.kwok_stages import stages_yaml
@@ -250,6 +259,7 @@ def up(quiet: bool = False) -> SandboxInfo:
     t_build = time.monotonic()
     _say("ensuring binaries are built (the first build takes many minutes)", quiet)
     ensure_built()
+    gateway_api.ensure_manifests()
     _say(f"binaries ready ({time.monotonic() - t_build:.0f}s)", quiet)
     if not components.PROMETHEUS_BIN.exists():
         raise RuntimeError(f"{components.PROMETHEUS_BIN} not found: `apt-get install prometheus`")
@@ -258,6 +268,7 @@ def up(quiet: bool = False) -> SandboxInfo:
     _ensure(["etcd"], p, quiet)
     _ensure(["kube-apiserver"], p, quiet)
     _bootstrap(p, quiet)
+    gateway_api.install(kubectl, p.root / "gateway-api.sha256", say=lambda msg: _say(msg, quiet))
     rest = ["kube-controller-manager", "kube-scheduler", "kwok", "prometheus"]
     if simulator_available():
         rest.insert(3, "simulator")

@@ -17,18 +17,17 @@ import signal
 import socketserver
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, make_wsgi_app
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-
 from controlled_friction import names
+from controlled_friction.sandbox.exposition import CONTENT_TYPE, Exposition
+from controlled_friction.sandbox.routes import list_routing_objects, route_name, route_splits
 from controlled_friction.sandbox.traffic import (
-    LATENCY_BUCKETS,
+    RouteSplit,
     ServiceKey,
     ServiceState,
     Topology,
@@ -40,9 +39,6 @@ from controlled_friction.sandbox.traffic import (
 )
 
 log = logging.getLogger(__name__)
-
-SERIES_LABELS = ["namespace", "service", "track", "revision"]
-
 
 # ---------------------------------------------------------------- sources
 
@@ -80,12 +76,18 @@ class StaticSource:
 
 
 def topology_from_objects(
-    deployments: Iterable[Mapping[str, Any]], rollouts: Iterable[Mapping[str, Any]]
+    deployments: Iterable[Mapping[str, Any]],
+    rollouts: Iterable[Mapping[str, Any]],
+    services: Iterable[Mapping[str, Any]] = (),
+    routes: Iterable[Mapping[str, Any]] = (),
 ) -> tuple[dict[ServiceKey, ServiceState], list[str]]:
     """Group Deployments (API JSON) by Rollout into services; also returns what was ignored and why.
 
-    The `service` label is the Rollout's `spec.analysis.service`, else the Rollout's name.
+    The `service` label is the Rollout's `spec.analysis.service`, else the Rollout's name. A Rollout
+    behind an HTTPRoute is split by the route's weights (`routes.route_splits`), else by ready pods.
     """
+    rollouts = list(rollouts)
+    splits, problems = route_splits(rollouts, services, routes)
     service_of: dict[tuple[str, str], str] = {}
     for r in rollouts:
         meta = r.get("metadata") or {}
@@ -94,7 +96,7 @@ def topology_from_objects(
             service_of[(meta.get("namespace", ""), meta.get("name", ""))] = str(svc)
 
     grouped: dict[ServiceKey, list[Track]] = {}
-    problems: list[str] = []
+    route_of: dict[ServiceKey, RouteSplit] = {}
     for d in deployments:
         meta = d.get("metadata") or {}
         ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
@@ -113,7 +115,12 @@ def topology_from_objects(
         ready = int((d.get("status") or {}).get("readyReplicas") or 0)
         key = ServiceKey(ns, service_of.get((ns, rollout), rollout))
         grouped.setdefault(key, []).append(Track(str(track), str(revision), ready, parsed.profile))
-    topology = {k: ServiceState(tuple(sorted(v, key=lambda t: (t.track, t.revision)))) for k, v in grouped.items()}
+        if (ns, rollout) in splits:
+            route_of[key] = splits[(ns, rollout)]
+    topology = {
+        k: ServiceState(tuple(sorted(v, key=lambda t: (t.track, t.revision))), route=route_of.get(k))
+        for k, v in grouped.items()
+    }
     return topology, problems
 
 
@@ -174,7 +181,8 @@ class ClusterSource:
                 log.warning("cannot list rollouts (HTTP %s); service label = rollout name", exc.status)
                 self._rollouts_missing_reported = True
             rollouts = []
-        topology, problems = topology_from_objects(deployments, rollouts)
+        services, routes = list_routing_objects(self._list, api) if any(map(route_name, rollouts)) else ([], [])
+        topology, problems = topology_from_objects(deployments, rollouts, services, routes)
         for p in problems:
             if p not in self._reported:  # say it once while it lasts, not every second
                 log.warning("%s", p)
@@ -199,61 +207,19 @@ class SourceStatus:
 
 
 class ModelCollector:
-    """Reports the model's current counters at each scrape (no prometheus_client metric objects)."""
+    """Renders the model's current counters at each scrape (`exposition.Exposition`: label strings are
+    built once per series, so 1,000 services render in a fraction of the 1 s scrape timeout)."""
 
     def __init__(self, model: TrafficModel, status: SourceStatus | None = None) -> None:
         self.model = model
         self.status = status
+        self._exposition = Exposition()
+        self._lock = threading.Lock()  # concurrent scrapes share the prefix cache
 
-    def describe(self) -> Iterable[Metric]:
-        return []  # label sets change at runtime; skip the registry's duplicate-name check
-
-    def collect(self) -> Iterator[Metric]:
+    def render(self) -> bytes:
         snap = self.model.snapshot()
-        requests = CounterMetricFamily(
-            "http_requests", "Requests served by the simulated app.", labels=[*SERIES_LABELS, "code"]
-        )
-        orders = CounterMetricFamily("orders", "Orders placed through the simulated app.", labels=SERIES_LABELS)
-        expected = CounterMetricFamily(
-            "sim_orders_expected",
-            "Orders a healthy revision would have produced for the same requests.",
-            labels=SERIES_LABELS,
-        )
-        lost = CounterMetricFamily(
-            "sim_orders_lost", "Expected minus delivered orders (lost to the revision's faults).", labels=SERIES_LABELS
-        )
-        latency = HistogramMetricFamily(
-            "http_request_duration_seconds", "Simulated request latency.", labels=SERIES_LABELS
-        )
-        for key, c in sorted(snap.series.items()):
-            for code, value in sorted(c.requests.items()):
-                requests.add_metric([*key, code], value)
-            orders.add_metric(list(key), c.orders)
-            expected.add_metric(list(key), c.expected_orders)
-            lost.add_metric(list(key), c.lost_orders)
-            cumulative, buckets = 0.0, []
-            for upper, count in zip([*map(repr, LATENCY_BUCKETS), "+Inf"], c.latency_buckets, strict=True):
-                cumulative += count
-                buckets.append((upper, cumulative))
-            latency.add_metric(list(key), buckets, c.latency_sum)
-        share = GaugeMetricFamily(
-            "sim_track_share",
-            "Current fraction of the service's requests served by the track.",
-            labels=["namespace", "service", "track"],
-        )
-        for skey, by_track in sorted(snap.shares.items()):
-            for track, fraction in sorted(by_track.items()):
-                share.add_metric([*skey, track], fraction)
-        ready = GaugeMetricFamily(
-            "sim_ready_replicas", "Ready replicas the simulator routes traffic to.", labels=SERIES_LABELS
-        )
-        for key, n in sorted(snap.ready.items()):
-            ready.add_metric(list(key), n)
-        yield from (requests, orders, expected, lost, latency, share, ready)
-        if self.status is not None:
-            yield GaugeMetricFamily(
-                "sim_source_up", "1 if the last topology refresh succeeded.", value=1.0 if self.status.ok else 0.0
-            )
+        with self._lock:
+            return self._exposition.render(snap, None if self.status is None else self.status.ok)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -286,9 +252,7 @@ class SimulatorHandle:
         self.status = SourceStatus()
         self.last_tick: float | None = None
         self._stop = threading.Event()
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(ModelCollector(model, self.status))
-        self._metrics_app = make_wsgi_app(registry)
+        self._collector = ModelCollector(model, self.status)
         host, port = parse_listen(listen)
         self._server = make_server(host, port, self._app, server_class=_Server, handler_class=_QuietHandler)
         bound_port = self._server.server_address[1]
@@ -359,8 +323,9 @@ class SimulatorHandle:
         if path == "/lost":
             return self._json(start_response, "200 OK", lost_report(self.model.lost_orders()))
         if path in ("/", "/metrics"):
-            result: Iterable[bytes] = self._metrics_app(environ, start_response)
-            return result
+            data = self._collector.render()
+            start_response("200 OK", [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(data)))])
+            return [data]
         return self._json(start_response, "404 Not Found", {"error": f"no such path {path}"})
 
     # ------------------------------------------------------------ lifecycle
