@@ -255,6 +255,12 @@ class Kube:
         with contextlib.suppress(Conflict):  # created meanwhile: fine
             _call(self.core.create_namespaced_service, namespace, body)
 
+    def whoami(self) -> str:
+        """The username this client authenticates as (SelfSubjectReview)."""
+        review = _call(client.AuthenticationV1Api(self.api).create_self_subject_review,
+                       {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        return str(review.status.user_info.username)
+
     # ------------------------------------------------------------ secrets & webhook configurations
 
     def read_secret_data(self, namespace: str, name: str) -> dict[str, Any]:

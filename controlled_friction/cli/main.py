@@ -139,6 +139,12 @@ class WebhookModeChoice(enum.StrEnum):
     none = "none"
 
 
+class ComponentChoice(enum.StrEnum):
+    all = "all"
+    controller = "controller"
+    webhooks = "webhooks"
+
+
 @app.command()
 def run(
     kubeconfig: Kubeconfig = None,
@@ -174,6 +180,11 @@ def run(
         typer.Option("--namespace", "-n", help="Shard: reconcile only Rollouts in these namespaces (repeatable)."),
     ] = None,
     workers: Annotated[int, typer.Option("--workers", help="Reconciles run in parallel (threads).")] = 8,
+    component: Annotated[
+        ComponentChoice,
+        typer.Option("--component", help="'all', 'controller' (reconcile only) or 'webhooks' (admission only).",
+                     case_sensitive=False),
+    ] = ComponentChoice.all,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Start the operator (kopf): reconcile Rollouts, serve admission webhooks and metrics."""
@@ -198,6 +209,7 @@ def run(
         selector=selector,
         namespaces=tuple(namespace or ()),
         workers=workers,
+        component=component.value,
         verbose=verbose,
     )
 
@@ -532,6 +544,26 @@ def dashboard(
         serve(dash, address, port, ready)
     except OSError as exc:
         fail(f"cannot listen on {address}:{port}: {exc.strerror or exc}")
+
+
+@app.command("approve-delete")
+def approve_delete(
+    name: RolloutName,
+    kubeconfig: Kubeconfig = None,
+    context: KubeContext = None,
+    namespace: Namespace = None,
+) -> None:
+    """Approve deleting a Rollout whose FrictionPolicy requires it; the requester's own never counts."""
+    with reported_errors():
+        kube, ns = _target(kubeconfig, context, namespace)
+        uid = actions.approve_delete(kube, ns, name)
+    out.print(
+        Text(
+            f"approval to delete {ns}/{name} (uid {uid}) recorded under your identity; it counts for a deletion "
+            "requested by someone else, until the policy's expiry",
+        ),
+        soft_wrap=True,
+    )
 
 
 def _action(

@@ -563,6 +563,8 @@ def explain_view(obj: dict[str, Any], preview: EffectivePlan | None = None) -> R
         "Policies",
         Text(", ".join(plan.policies) if plan.policies else "none match this rollout (plan = the rollout's own steps)"),
     )
+    record = _annotations(obj).get(ANN_CHANGE_RECORD)
+    grid.add_row("Change record", Text(record or "- (none given)", style="" if record else "dim"))
     ann_ai = _annotations(obj).get(names.ANN_AI_ASSISTED, "").strip().lower() == "true"
     if plan.ai_assisted:
         ai = "yes: the aiAssisted rules of the matching policies apply"
@@ -602,6 +604,7 @@ def history_table(obj: dict[str, Any], now: datetime) -> RenderableType:
     table.add_column("reason", overflow="fold")
     table.add_column("approvers", overflow="fold")
     table.add_column("author", no_wrap=True)
+    table.add_column("change record", overflow="fold")
     for h in st.history:
         at = (h.at if h.at.tzinfo else h.at.replace(tzinfo=UTC)).astimezone(UTC)
         table.add_row(
@@ -611,6 +614,7 @@ def history_table(obj: dict[str, Any], now: datetime) -> RenderableType:
             Text(h.reason),
             Text(", ".join(h.approvers) or "-"),
             Text(h.author or "-"),
+            Text(h.change_record or "-"),
         )
     return table
 

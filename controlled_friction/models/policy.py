@@ -26,6 +26,23 @@ class ApprovalRule(SpecModel):
     )
 
 
+class DeletionRule(SpecModel):
+    """Deleting a matched Rollout is approved like a revision: by others, verified, fresh."""
+
+    count: int = Field(
+        default=2, ge=1, le=10,
+        description="Distinct approvals of the deletion required; the requester's own never counts.",
+    )
+    approver_groups: list[str] = Field(
+        default_factory=lambda: ["senior-engineers"],
+        min_length=1,
+        description="Groups whose members may approve a deletion (controlled-friction.io/approve-delete).",
+    )
+    expiry: Duration = Field(
+        default=3600.0, description="A deletion approval older than this no longer counts."
+    )
+
+
 class FreezeWindow(SpecModel):
     """A time when rollouts may not advance. Either absolute (start/end) or weekly (days + times, UTC)."""
 
@@ -75,6 +92,16 @@ class FrictionRules(SpecModel):
     )
     max_analysis_interval: Duration | None = Field(
         default=None, description="Analysis runs at least this often."
+    )
+    deletion: DeletionRule | None = Field(
+        default=None,
+        description="DELETE of a matched Rollout is refused until this many others approved it "
+        "(annotation controlled-friction.io/approve-delete: <the Rollout's uid>).",
+    )
+    require_change_record: bool = Field(
+        default=False,
+        description="A template change must carry annotation controlled-friction.io/change-record: "
+        "\"<TICKET-ID or URL> <one-line summary>\".",
     )
 
 

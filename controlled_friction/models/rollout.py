@@ -394,6 +394,9 @@ class HistoryEntry(StatusModel):
     reason: str = Field(default="", description="Why, e.g. the failing metric and its value.")
     approvers: list[str] = Field(default_factory=list, description="Users whose approvals counted.")
     author: str | None = Field(default=None, description="Who made the template change.")
+    change_record: str | None = Field(
+        default=None, description="The change record (controlled-friction.io/change-record) the revision carried."
+    )
 
 
 class Condition(StatusModel):

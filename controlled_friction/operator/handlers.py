@@ -79,12 +79,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     gate.on_activate = wake_everything
     gate.start()
     memo["operator"] = op
-    memo["approval_key"] = ctx.key
     memo["scheduler_task"] = asyncio.create_task(op.scheduler.run())
-    if RUN.webhook_mode != "none":
-        from controlled_friction.operator import webhooks  # registers the admission handlers
-
-        webhooks.configure_admission(settings, **RUN.webhook_options())
     if RUN.metrics_port:
         metrics.serve(RUN.metrics_port, RUN.metrics_addr)
     log.info("operator started", webhooks=RUN.webhook_mode, peering=RUN.peering, selector=RUN.selector,

@@ -7,6 +7,7 @@ from typing import Any
 import kopf
 
 from controlled_friction import names
+from controlled_friction.guard import owning_rollout
 
 
 def first(store: Any) -> Any:
@@ -24,3 +25,17 @@ def policy_index(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, An
 @kopf.index("", "v1", "namespaces")
 def namespace_index(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
     return {name: dict(labels)}
+
+
+@kopf.index("apps", "v1", "deployments", labels={names.LABEL_ROLLOUT: kopf.PRESENT})
+def owner_index(namespace: str | None, name: str, meta: kopf.Meta, **_: Any) -> dict[tuple[str | None, str], Any]:
+    """(namespace, name) of each labelled Deployment -> its owning Rollout's (name, uid), or None: the
+    scale subresource's body carries neither labels nor ownerReferences, so its webhook looks here."""
+    owner = owning_rollout({"metadata": dict(meta)})
+    return {(namespace, name): None if owner is None else (owner.name, owner.uid)}
+
+
+@kopf.index("", "v1", "namespaces")
+def terminating_namespace_index(name: str, meta: kopf.Meta, **_: Any) -> dict[str, bool]:
+    """Namespaces being deleted: the namespace controller then removes their Rollouts (out of scope)."""
+    return {name: True} if meta.get("deletionTimestamp") else {}

@@ -9,7 +9,7 @@ import kopf
 import structlog
 
 from controlled_friction import logs
-from controlled_friction.operator.settings import RUN, WebhookMode, default_webhook_mode
+from controlled_friction.operator.settings import RUN, Component, WebhookMode, default_webhook_mode
 
 
 def run(
@@ -25,6 +25,7 @@ def run(
     selector: str | None = None,
     namespaces: tuple[str, ...] = (),
     workers: int | None = None,
+    component: Component = "all",
     verbose: bool = False,
 ) -> None:
     if kubeconfig:
@@ -40,7 +41,11 @@ def run(
     RUN.selector, RUN.namespaces = selector or None, tuple(namespaces)
     if workers:
         RUN.workers = workers
-    from controlled_friction.operator import handlers  # noqa: F401  (registers the handlers)
+    # Importing a module registers its kopf handlers.
+    if component in ("all", "controller"):
+        from controlled_friction.operator import handlers  # noqa: F401
+    if component in ("all", "webhooks") and mode != "none":
+        from controlled_friction.operator import admission_app  # noqa: F401
 
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_prefix=False)
     logs.configure(verbose)  # after kopf: one JSON handler on the root logger, not two
@@ -52,7 +57,7 @@ def run(
     kopf.run(
         clusterwide=not namespaces,
         namespaces=list(namespaces),
-        standalone=peering is None,
+        standalone=peering is None or component == "webhooks",  # every webhook replica serves
         peering_name=peering,
         priority=priority,
         identity=RUN.identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str

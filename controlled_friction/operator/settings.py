@@ -12,6 +12,7 @@ from typing import Any, Literal
 from controlled_friction.adapters.kube import Kube
 
 WebhookMode = Literal["local", "service", "none"]
+Component = Literal["all", "controller", "webhooks"]
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 
 

@@ -1,7 +1,14 @@
-"""kopf admission webhooks for Rollouts and FrictionPolicies: adapt kopf's kwargs, decide in `admission`.
+"""kopf admission webhooks: adapt kopf's kwargs, decide in `admission` (Rollouts, FrictionPolicies,
+deletion approvals, change records) and `guard` (the workloads a Rollout owns).
 
-All webhooks fail closed (`failurePolicy: Fail`) and are persistent: kopf leaves them registered when
-the operator stops, so while it is down Rollouts cannot be changed rather than changed unchecked.
+The webhooks are persistent: kopf leaves them registered when the operator stops, so while it is
+down Rollouts and owned workloads cannot be changed rather than changed unchecked. All fail closed
+(`failurePolicy: Fail`) except the one on `deployments/scale`: the scale subresource carries no
+labels, so that webhook cannot be scoped by an object selector and sees every Deployment's scaling
+(HPAs included); it fails open so that an outage never blocks unrelated workloads, and a stable or
+canary scaled meanwhile is put back by the operator (drift) when it returns. The owned-workload
+webhooks are scoped by an object selector on the contract label `controlled-friction.io/rollout`,
+so unrelated Deployments and Services never reach them.
 """
 
 from __future__ import annotations
@@ -14,13 +21,16 @@ from typing import Any, Literal
 
 import kopf
 
-from controlled_friction import admission, names
+from controlled_friction import admission, guard, names
+from controlled_friction.adapters.kube import NotFound
 from controlled_friction.models.policy import NamedPolicy
 from controlled_friction.operator.indexes import first
 
 MANAGED_NAME = names.GROUP  # name of the Mutating/ValidatingWebhookConfiguration kopf maintains
 WRITES: list[kopf.Operation] = ["CREATE", "UPDATE"]
-
+CHANGES: list[kopf.Operation] = ["UPDATE", "DELETE"]
+DELETES: list[kopf.Operation] = ["DELETE"]
+OWNED = {names.LABEL_ROLLOUT: kopf.PRESENT}  # kopf turns this into the webhook's objectSelector
 
 
 def _key(memo: kopf.Memo) -> bytes:
@@ -28,6 +38,12 @@ def _key(memo: kopf.Memo) -> bytes:
     if key is None:  # start-up has not loaded it yet: refuse rather than sign with nothing
         raise kopf.AdmissionError("the operator is starting; try again shortly", code=503)
     return bytes(key)
+
+
+def operator_users(memo: kopf.Memo) -> frozenset[str]:
+    """Who the operator is: the identity it authenticates as (put in memo at start-up), else the
+    ServiceAccount of the contract."""
+    return frozenset({str(memo.get("operator_username") or names.OPERATOR_USERNAME)})
 
 
 def _context(namespace: str, policy_index: kopf.Index[str, dict[str, Any]] | None,
@@ -62,6 +78,10 @@ def admission_input(
         new=_raw(new),
         subresource=subresource or None,
     )
+
+
+def _namespace_of(req: admission.AdmissionInput) -> str:
+    return str(((req.new or req.old or {}).get("metadata") or {}).get("namespace") or "")
 
 
 def _deny(problems: list[admission.Problem]) -> None:
@@ -118,6 +138,7 @@ def validate_rollout(
     old: kopf.Body | None = None,
     new: kopf.Body | None = None,
     memo: kopf.Memo,
+    warnings: list[str],
     policy_index: kopf.Index[str, dict[str, Any]] | None = None,
     namespace_index: kopf.Index[str, dict[str, str]] | None = None,
     **_: Any,
@@ -126,9 +147,124 @@ def validate_rollout(
     policies: list[NamedPolicy] = []
     ns_labels: dict[str, str] = {}
     if admission.needs_policy_context(req):
-        namespace = str(((req.new or {}).get("metadata") or {}).get("namespace") or "")
-        policies, ns_labels = _context(namespace, policy_index, namespace_index)
+        policies, ns_labels = _context(_namespace_of(req), policy_index, namespace_index)
     _deny(admission.validate_rollout(req, _key(memo), policies, ns_labels, datetime.now(UTC)))
+    warnings.extend(admission.acceptance_notes(req))
+
+
+@kopf.on.validate(
+    names.GROUP,
+    names.VERSION,
+    names.ROLLOUT_PLURAL,
+    id="rollout-deletion",
+    operations=DELETES,
+    persistent=True,
+    side_effects=False,
+    ignore_failures=False,
+)
+def validate_rollout_delete(
+    *,
+    userinfo: kopf.UserInfo,
+    subresource: str | None,
+    operation: str | None = None,
+    old: kopf.Body | None = None,
+    memo: kopf.Memo,
+    policy_index: kopf.Index[str, dict[str, Any]] | None = None,
+    namespace_index: kopf.Index[str, dict[str, str]] | None = None,
+    terminating_namespace_index: kopf.Index[str, bool] | None = None,
+    **_: Any,
+) -> None:
+    req = admission_input(operation, userinfo, old, None, subresource)
+    namespace = _namespace_of(req)
+    policies, ns_labels = _context(namespace, policy_index, namespace_index)
+    terminating = terminating_namespace_index is not None and namespace in terminating_namespace_index
+    _deny(admission.validate_rollout_delete(req, _key(memo), policies, ns_labels, datetime.now(UTC), terminating))
+
+
+# ---------------------------------------------------------------- the workloads a Rollout owns
+
+
+def _owner_live(memo: kopf.Memo, namespace: str, owner: guard.Owner,
+                rollout_index: kopf.Index[tuple[str | None, str], dict[str, Any]] | None) -> bool:
+    """Whether the owning Rollout (same uid) exists and is not being deleted. The index answers for
+    the Rollouts this operator watches; any other answer is checked with the API, and when even that
+    fails the owner counts as live (fail closed)."""
+    body = first(rollout_index.get((namespace, owner.name))) if rollout_index is not None else None
+    if body is not None and (body.get("metadata") or {}).get("uid") == owner.uid:
+        return not (body.get("metadata") or {}).get("deletionTimestamp")
+    op = memo.get("operator")
+    if op is None:
+        return True
+    try:
+        meta = op.kube.get_rollout(namespace, owner.name).get("metadata") or {}
+    except NotFound:
+        return False
+    except Exception:  # unreachable API: keep the workload guarded
+        return True
+    return meta.get("uid") == owner.uid and not meta.get("deletionTimestamp")
+
+
+def _guard(kind: str, req: admission.AdmissionInput, memo: kopf.Memo, owner: guard.Owner | None,
+           rollout_index: Any) -> None:
+    if owner is None or req.user in operator_users(memo):
+        return
+    live = _owner_live(memo, _namespace_of(req), owner, rollout_index)
+    _deny(guard.workload_problems(req, kind=kind, owner=owner, owner_live=live, operator_users=operator_users(memo)))
+
+
+@kopf.on.validate("apps", "v1", "deployments", id="owned-deployments", operations=CHANGES, labels=OWNED,
+                  persistent=True, side_effects=False, ignore_failures=False)
+def guard_deployment(
+    *,
+    userinfo: kopf.UserInfo,
+    subresource: str | None,
+    operation: str | None = None,
+    old: kopf.Body | None = None,
+    new: kopf.Body | None = None,
+    memo: kopf.Memo,
+    rollout_index: Any = None,
+    **_: Any,
+) -> None:
+    req = admission_input(operation, userinfo, old, new, subresource)
+    _guard("Deployment", req, memo, guard.owning_rollout(req.old or req.new), rollout_index)
+
+
+@kopf.on.validate("apps", "v1", "deployments", id="owned-deployments-scale", subresource=guard.SCALE,
+                  operations=["UPDATE"], persistent=True, side_effects=False, ignore_failures=True)
+def guard_deployment_scale(
+    *,
+    userinfo: kopf.UserInfo,
+    subresource: str | None,
+    operation: str | None = None,
+    old: kopf.Body | None = None,
+    new: kopf.Body | None = None,
+    memo: kopf.Memo,
+    owner_index: kopf.Index[tuple[str | None, str], Any] | None = None,
+    rollout_index: Any = None,
+    **_: Any,
+) -> None:
+    req = admission_input(operation, userinfo, old, new, subresource)
+    meta = (req.new or req.old or {}).get("metadata") or {}
+    found = first(owner_index.get((meta.get("namespace"), str(meta.get("name") or "")))) if owner_index else None
+    owner = guard.Owner(*found) if found else None
+    _guard("Deployment", req, memo, owner, rollout_index)
+
+
+@kopf.on.validate("", "v1", "services", id="owned-services", operations=CHANGES, labels=OWNED,
+                  persistent=True, side_effects=False, ignore_failures=False)
+def guard_service(
+    *,
+    userinfo: kopf.UserInfo,
+    subresource: str | None,
+    operation: str | None = None,
+    old: kopf.Body | None = None,
+    new: kopf.Body | None = None,
+    memo: kopf.Memo,
+    rollout_index: Any = None,
+    **_: Any,
+) -> None:
+    req = admission_input(operation, userinfo, old, new, subresource)
+    _guard("Service", req, memo, guard.owning_rollout(req.old or req.new), rollout_index)
 
 
 @kopf.on.validate(
