@@ -188,12 +188,33 @@ class Kube:
             {"status": status},
         )
 
-    def peering_status(self, name: str) -> dict[str, Any] | None:
-        """The status of kopf's ClusterKopfPeering `name` (its peers), or None if it does not exist."""
+    def peering_object(self, name: str) -> dict[str, Any] | None:
+        """kopf's ClusterKopfPeering `name`, or None if it does not exist (read with `list`, which the
+        operator needs for kopf anyway)."""
         res = _call(self.custom.list_cluster_custom_object, "kopf.dev", "v1", "clusterkopfpeerings",
                     field_selector=f"metadata.name={name}", _request_timeout=10)
         items = res.get("items", [])
-        return dict(items[0].get("status") or {}) if items else None
+        return dict(items[0]) if items else None
+
+    def peering_status(self, name: str) -> dict[str, Any] | None:
+        """The status of the peering object `name` (its peers), or None if it does not exist."""
+        obj = self.peering_object(name)
+        return None if obj is None else dict(obj.get("status") or {})
+
+    def own_webhook_configurations(self, name: str, owner: dict[str, Any]) -> list[str]:
+        """Make `owner` the owner of the webhook configurations named `name` (so deleting the owner, as
+        `helm uninstall` does, garbage-collects them); returns the kinds that exist and were patched."""
+        reg = client.AdmissionregistrationV1Api(self.api)
+        done = []
+        patch = {"metadata": {"ownerReferences": [owner]}}
+        for kind, fn in (("mutating", reg.patch_mutating_webhook_configuration),
+                         ("validating", reg.patch_validating_webhook_configuration)):
+            try:
+                _call(fn, name, patch)
+                done.append(kind)
+            except NotFound:
+                pass
+        return done
 
     def namespace_labels(self, namespace: str) -> dict[str, str]:
         ns = _call(self.core.read_namespace, namespace)

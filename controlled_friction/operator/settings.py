@@ -49,6 +49,9 @@ class RunSettings:
     metrics_port: int | None = 8080
     metrics_addr: str = "0.0.0.0"
     key_file: str | None = os.environ.get("CF_APPROVAL_KEY_FILE")
+    # The installation's ClusterKopfPeering: it owns the webhook configurations, so uninstalling the
+    # chart (which deletes it) garbage-collects them instead of leaving fail-closed webhooks behind.
+    webhook_owner: str | None = field(default_factory=lambda: os.environ.get("CF_WEBHOOK_OWNER_PEERING") or None)
 
     def load_key(self, kube: Kube) -> bytes:
         from controlled_friction import signing_key

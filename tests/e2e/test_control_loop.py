@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,7 @@ from .waiting import wait_for
 
 pytestmark = pytest.mark.e2e
 SHARD = "controlled-friction.io/shard"
+CRD_FILE = Path(__file__).with_name("kopf_peering_crd.yaml")
 PHASES = "controlled_friction_rollouts"
 
 
@@ -119,3 +121,50 @@ def test_webhooks_skip_the_operators_own_writes(live_operator: OperatorProcess):
     conditions = {c["name"]: c["expression"] for c in rules.get("matchConditions") or []}
     assert "not-the-operator" in conditions and "rollout-changed" in conditions, rules
     assert rules["timeoutSeconds"] <= 10
+
+
+def test_uninstalling_leaves_nothing_stuck(live_operator: OperatorProcess, sandbox: SandboxInfo, make_namespace):
+    """What `helm uninstall` does — delete the operator's pods and the chart's objects, the peering object
+    among them — must leave no fail-closed webhook behind: the peering object owns the configurations,
+    so the garbage collector removes them, and Rollouts and their namespaces then delete normally."""
+    kube = admin()
+    peering = "cf-e2e-owner"
+    cluster.kubectl("apply", "-f", str(CRD_FILE))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/clusterkopfpeerings.kopf.dev", "--timeout=60s")
+    cluster.kubectl("apply", "-f", "-", stdin=json.dumps(
+        {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": peering}}))
+    live_operator.stop()
+    installed = OperatorProcess(log_path=sandbox.state_dir / "logs" / "owner.log",
+                                webhook_port=sandbox.ports["webhook"], metrics_port=0,
+                                extra_env={"CF_WEBHOOK_OWNER_PEERING": peering})
+    try:
+        installed.start()
+        installed.wait_webhook_ready()
+
+        def owners() -> list[str]:
+            out = []
+            for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration"):
+                got = cluster.kubectl("get", kind, names.GROUP, "-o", "json", check=False)
+                if got.returncode == 0:
+                    out += [o["name"] for o in json.loads(got.stdout)["metadata"].get("ownerReferences") or []]
+            return out
+
+        wait_for(lambda: owners() == [peering, peering], 60, message="the peering object owns both configurations")
+        ns = make_namespace("uninstall")
+        apply_as("dave", rollout(ns, "shop/app:1", [{"setWeight": 50}], replicas=1))
+        wait_for(lambda: status(kube, ns).get("phase") == "Healthy", 90, message="Healthy")
+
+        installed.stop()  # uninstall: the pods go…
+        cluster.kubectl("delete", "clusterkopfpeering", peering)  # …and so do the chart's objects
+        wait_for(lambda: not any(cluster.kubectl("get", kind, names.GROUP, check=False).returncode == 0
+                                 for kind in ("mutatingwebhookconfiguration", "validatingwebhookconfiguration")),
+                 90, message="the garbage collector removes the webhook configurations")
+        cluster.kubectl("delete", "namespace", ns, "--wait=false")
+        wait_for(lambda: cluster.kubectl("get", "namespace", ns, check=False).returncode != 0, 120,
+                 message=f"namespace {ns} (a Rollout, its Deployments) deleted after the uninstall")
+        print("\nuninstall: webhook configurations garbage-collected with the peering object; namespace deleted")
+    finally:
+        installed.stop()
+        cluster.kubectl("delete", "clusterkopfpeering", peering, "--ignore-not-found", check=False)
+        live_operator.start()
+        live_operator.wait_webhook_ready()
