@@ -35,6 +35,13 @@ def owner_index(namespace: str | None, name: str, meta: kopf.Meta, **_: Any) -> 
     return {(namespace, name): None if owner is None else (owner.name, owner.uid)}
 
 
+@kopf.index(names.GROUP, names.VERSION, names.ROLLOUT_PLURAL)
+def rollout_uid_index(namespace: str | None, name: str, meta: kopf.Meta, **_: Any) -> dict[tuple[str | None, str], Any]:
+    """(namespace, name) of each Rollout -> (uid, being deleted): whether the owner of a workload is
+    still there, for the owned-workload webhooks (in whichever process serves them)."""
+    return {(namespace, name): (str(meta.get("uid") or ""), bool(meta.get("deletionTimestamp")))}
+
+
 @kopf.index("", "v1", "namespaces")
 def terminating_namespace_index(name: str, meta: kopf.Meta, **_: Any) -> dict[str, bool]:
     """Namespaces being deleted: the namespace controller then removes their Rollouts (out of scope)."""

@@ -184,31 +184,34 @@ def validate_rollout_delete(
 # ---------------------------------------------------------------- the workloads a Rollout owns
 
 
-def _owner_live(memo: kopf.Memo, namespace: str, owner: guard.Owner,
-                rollout_index: kopf.Index[tuple[str | None, str], dict[str, Any]] | None) -> bool:
-    """Whether the owning Rollout (same uid) exists and is not being deleted. The index answers for
-    the Rollouts this operator watches; any other answer is checked with the API, and when even that
-    fails the owner counts as live (fail closed)."""
-    body = first(rollout_index.get((namespace, owner.name))) if rollout_index is not None else None
-    if body is not None and (body.get("metadata") or {}).get("uid") == owner.uid:
-        return not (body.get("metadata") or {}).get("deletionTimestamp")
+def _owner_live(memo: kopf.Memo, namespace: str, owner: guard.Owner, rollout_uid_index: Any) -> bool:
+    """Whether the owning Rollout (same uid) exists and is not being deleted, from the watch-fed index.
+    A Rollout the index does not hold is asked of the API when this process has a client (a shard
+    does not watch every Rollout); when that read fails the owner counts as live (fail closed)."""
+    found = first(rollout_uid_index.get((namespace, owner.name))) if rollout_uid_index is not None else None
+    if found is not None and found[0] == owner.uid:
+        return not found[1]
     op = memo.get("operator")
-    if op is None:
-        return True
+    kube = memo.get("kube") or (op.kube if op is not None else None)
+    if kube is None:
+        return False  # the index is complete where no client is kept (the webhooks-only process)
     try:
-        meta = op.kube.get_rollout(namespace, owner.name).get("metadata") or {}
+        meta = kube.get_rollout(namespace, owner.name).get("metadata") or {}
     except NotFound:
         return False
     except Exception:  # unreachable API: keep the workload guarded
         return True
-    return meta.get("uid") == owner.uid and not meta.get("deletionTimestamp")
+    return bool(meta.get("uid") == owner.uid and not meta.get("deletionTimestamp"))
 
 
 def _guard(kind: str, req: admission.AdmissionInput, memo: kopf.Memo, owner: guard.Owner | None,
-           rollout_index: Any) -> None:
+           rollout_uid_index: Any, terminating_namespace_index: Any) -> None:
     if owner is None or req.user in operator_users(memo):
         return
-    live = _owner_live(memo, _namespace_of(req), owner, rollout_index)
+    namespace = _namespace_of(req)
+    # A terminating namespace is emptied by the namespace controller, in any order (out of scope).
+    terminating = terminating_namespace_index is not None and namespace in terminating_namespace_index
+    live = not terminating and _owner_live(memo, namespace, owner, rollout_uid_index)
     _deny(guard.workload_problems(req, kind=kind, owner=owner, owner_live=live, operator_users=operator_users(memo)))
 
 
@@ -222,11 +225,13 @@ def guard_deployment(
     old: kopf.Body | None = None,
     new: kopf.Body | None = None,
     memo: kopf.Memo,
-    rollout_index: Any = None,
+    rollout_uid_index: Any = None,
+    terminating_namespace_index: Any = None,
     **_: Any,
 ) -> None:
     req = admission_input(operation, userinfo, old, new, subresource)
-    _guard("Deployment", req, memo, guard.owning_rollout(req.old or req.new), rollout_index)
+    _guard("Deployment", req, memo, guard.owning_rollout(req.old or req.new), rollout_uid_index,
+           terminating_namespace_index)
 
 
 @kopf.on.validate("apps", "v1", "deployments", id="owned-deployments-scale", subresource=guard.SCALE,
@@ -240,14 +245,15 @@ def guard_deployment_scale(
     new: kopf.Body | None = None,
     memo: kopf.Memo,
     owner_index: kopf.Index[tuple[str | None, str], Any] | None = None,
-    rollout_index: Any = None,
+    rollout_uid_index: Any = None,
+    terminating_namespace_index: Any = None,
     **_: Any,
 ) -> None:
     req = admission_input(operation, userinfo, old, new, subresource)
     meta = (req.new or req.old or {}).get("metadata") or {}
     found = first(owner_index.get((meta.get("namespace"), str(meta.get("name") or "")))) if owner_index else None
     owner = guard.Owner(*found) if found else None
-    _guard("Deployment", req, memo, owner, rollout_index)
+    _guard("Deployment", req, memo, owner, rollout_uid_index, terminating_namespace_index)
 
 
 @kopf.on.validate("", "v1", "services", id="owned-services", operations=CHANGES, labels=OWNED,
@@ -260,11 +266,13 @@ def guard_service(
     old: kopf.Body | None = None,
     new: kopf.Body | None = None,
     memo: kopf.Memo,
-    rollout_index: Any = None,
+    rollout_uid_index: Any = None,
+    terminating_namespace_index: Any = None,
     **_: Any,
 ) -> None:
     req = admission_input(operation, userinfo, old, new, subresource)
-    _guard("Service", req, memo, guard.owning_rollout(req.old or req.new), rollout_index)
+    _guard("Service", req, memo, guard.owning_rollout(req.old or req.new), rollout_uid_index,
+           terminating_namespace_index)
 
 
 @kopf.on.validate(
