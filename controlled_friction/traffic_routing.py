@@ -15,7 +15,8 @@ A JSON patch addresses exactly `/spec/rules/<i>/backendRefs/<j>/weight`. Each to
 `backendRefs` is first `test`ed against the value the patch was computed from, so if someone
 reorders or edits that rule concurrently the API server rejects the whole patch (HTTP 422) and the
 next reconcile recomputes it from a fresh read; other rules are neither tested nor written.
-Send it with `Content-Type: application/json-patch+json`.
+Send it with `Content-Type: application/json-patch+json` (`JSON_PATCH_CONTENT_TYPE`; the Python
+client's `patch_namespaced_custom_object` defaults to a merge patch, so pass `_content_type`).
 
 A backendRef counts as the rollout's when it names the Service (`group` "" and `kind` Service, or
 omitted) in the route's own namespace. Backends of other Services in the operator's rule keep their
@@ -51,6 +52,7 @@ DEFAULT_TOLERANCE = 2.0
 CANARY_FLOOR = 1  # canary pods at any weight above 0 (with a router)
 
 JsonPatch = list[dict[str, Any]]
+JSON_PATCH_CONTENT_TYPE = "application/json-patch+json"  # clients must send route patches with it
 
 
 def service_name(rollout: str, track: str) -> str:

@@ -6,6 +6,7 @@ depends on components listed before it.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,13 @@ from controlled_friction.sandbox.layout import HOST, POD_CIDR, SERVICE_CIDR, Pat
 PROMETHEUS_BIN = Path("/usr/bin/prometheus")
 SIMULATOR_MODULE = "controlled_friction.sandbox.simulator"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
+# Opt-in for benchmarks: path of an audit policy file; kube-apiserver then writes a JSON audit log to
+# `<logs>/kube-apiserver-audit.log` (benchmarks/scale.py counts the operator's requests by verb there).
+ENV_AUDIT_POLICY = "CF_SANDBOX_AUDIT_POLICY"
+# Client rate limits of the sandbox's own controllers. The defaults (20 QPS, burst 30) make the
+# deployment/replicaset controllers and the scheduler the bottleneck long before the operator at
+# hundreds of Rollouts (a wave of 1,000 canaries is 1,000 ReplicaSets and 2,000 pods).
+CONTROLLER_QPS = ["--kube-api-qps=200", "--kube-api-burst=400"]
 
 
 @dataclass(frozen=True)
@@ -98,12 +106,30 @@ def kube_apiserver(p: Paths) -> Component:
             "--allow-privileged=true",
             "--event-ttl=1h",
             "--profiling=false",
+            *_audit_flags(p),
         ],
         port=port,
         health_url=_url("https", port, "/readyz"),
         startup_timeout=120,
         tls="ca",
     )
+
+
+def audit_log(p: Paths) -> Path:
+    return p.logs / "kube-apiserver-audit.log"
+
+
+def _audit_flags(p: Paths) -> list[str]:
+    policy = os.environ.get(ENV_AUDIT_POLICY)
+    if not policy:
+        return []
+    return [
+        f"--audit-policy-file={policy}",
+        f"--audit-log-path={audit_log(p)}",
+        "--audit-log-format=json",
+        "--audit-log-mode=batch",  # never block a request on the log
+        "--audit-log-maxsize=4000",  # MB; no rotation during a benchmark (the state dir goes at `down`)
+    ]
 
 
 def kube_controller_manager(p: Paths) -> Component:
@@ -120,6 +146,9 @@ def kube_controller_manager(p: Paths) -> Component:
             f"--service-account-private-key-file={p.sa_key}",
             f"--root-ca-file={p.ca_cert}",
             "--cluster-name=cf-sandbox",
+            "--concurrent-deployment-syncs=10",
+            "--concurrent-replicaset-syncs=10",
+            *CONTROLLER_QPS,
             "--profiling=false",
         ],
         port=port,
@@ -140,6 +169,7 @@ def kube_scheduler(p: Paths) -> Component:
             f"--secure-port={port}",
             f"--cert-dir={p.certs_scratch / 'scheduler'}",
             "--leader-elect=false",
+            *CONTROLLER_QPS,
             "--profiling=false",
         ],
         port=port,

@@ -20,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -113,8 +114,18 @@ def install(kubectl: Kubectl, stamp: Path, *, say: Callable[[str], None] = _log,
         return
     say(f"installing Gateway API {GATEWAY_API_VERSION} standard-channel CRDs")
     kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-", stdin=text)
-    kubectl("wait", "--for=condition=Established", f"--timeout={timeout:.0f}s",
-            *(f"crd/{name}" for name in REQUIRED_CRDS), timeout=timeout + 10)
+    # Polled rather than `kubectl wait`, which fails on a just-created CRD that has no conditions yet.
+    deadline = time.monotonic() + timeout
+    query = '{range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Established")].status}{"\\n"}{end}'
+    while True:
+        out = kubectl("get", "crd", "-o", f"jsonpath={query}", check=False).stdout
+        established = {line.partition("=")[0] for line in out.splitlines() if line.endswith("=True")}
+        missing = [name for name in REQUIRED_CRDS if name not in established]
+        if not missing:
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Gateway API CRDs not Established after {timeout:.0f}s: {', '.join(missing)}")
+        time.sleep(0.25)
     stamp.write_text(digest)
 
 

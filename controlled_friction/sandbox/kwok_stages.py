@@ -18,7 +18,7 @@ from __future__ import annotations
 
 NODE_CPU = "64"
 NODE_MEMORY = "256Gi"
-NODE_PODS = "500"
+NODE_PODS = "2000"  # 3 nodes: 1,000 Rollouts x 2 replicas, plus as many canary pods in a wave
 
 _NODE_INITIALIZE = """\
 apiVersion: kwok.x-k8s.io/v1alpha1

@@ -200,6 +200,8 @@ def full_status() -> RolloutStatus:
         observed_generation=3,
         stable_revision="0123456789",
         canary_revision="abcdef0123",
+        replicas=9,
+        selector="app=checkout",
         canary_weight=5,
         effective_weight=12.5,
         current_step_index=2,

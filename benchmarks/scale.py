@@ -1,0 +1,1042 @@
+"""Can one operator hold 100, 335 and 1,000 Rollouts? (issue 10, "Benchmark")
+
+    export CF_SANDBOX_PORT_BASE=20440 CF_SANDBOX_DIR=/tmp/cf-sandbox-scale   # an isolated sandbox
+    .venv/bin/python -m benchmarks.scale [--sizes 100,335,1000] [--json PATH] [--timeout 900]
+        [--idle-seconds 60] [--approval-rate 50] [--approval-seconds 20] [--namespaces 10]
+        [--compare benchmarks/results/scale-before.json] [--keep-sandbox]
+
+Against the real sandbox (`cluster.up()`), with the operator from this tree as a separate process
+(`OperatorProcess`, its ServiceAccount identity, the webhooks on 127.0.0.1, tick 2 s as deployed).
+For each N it creates N plain Rollouts over ~10 namespaces — 2 replicas, steps `setWeight: 50` then
+`pause: 30s`, one `errorRatio` metric (maxRatio 0.05) every 10 s — and measures:
+
+1. **create**: time until every first revision is Healthy (and each Rollout's time from its create);
+2. **idle** (`--idle-seconds`, all Healthy, nothing changing): the operator's CPU (cores, utime+stime
+   of its process tree from /proc) and RSS, its API requests/s by verb, Prometheus queries, reconciles;
+3. **wave**: every template changed at once (a canary each, the 30 s plan): lag beyond the plan
+   (template change to Healthy, minus 30 s) p50/p95/max, the time to the first step, reconcile latency
+   p50/p99, Prometheus queries per 10 s analysis interval at the plateau of canaries in analysis;
+   while the canaries bake, **approvals** arrive as alice at `--approval-rate`/s for
+   `--approval-seconds` (each request timed client-side, plus the API server's webhook histogram).
+
+Where the figures come from, so the same script measures any operator code: the operator's API
+requests from the API server's audit log, filtered by the operator's user (the sandbox starts the API
+server with an audit policy logging that user only, see `components.ENV_AUDIT_POLICY`; its user
+agents are listed too: kopf's and the Kubernetes client's); all clients' requests from
+`apiserver_request_total`; webhook latency from `apiserver_admission_webhook_admission_duration_seconds`;
+Prometheus queries from Prometheus's own `prometheus_http_requests_total`/`prometheus_engine_query_
+duration_seconds_count` (minus the benchmark's own); reconcile latency from the operator's
+`controlled_friction_reconcile_duration_seconds` histogram; CPU of every sandbox process from /proc
+next to the operator's, so the bottleneck is visible; and the simulator's scrape health
+(`up`, `scrape_duration_seconds`, /api/v1/targets) for every phase: a phase in which the simulator's
+target went down says so loudly, because then it measured the simulator, not the operator.
+
+Every phase is bounded by `--timeout`; the benchmark never asserts timings. It deletes what it
+created (Rollouts while the operator still runs, so kopf's finalizers go; then the namespaces), and
+brings the sandbox down if it started it (unless `--keep-sandbox`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks import probes
+from benchmarks.probes import CpuWindow, RolloutWatch, Samples, summary
+from controlled_friction import names
+from controlled_friction.revision import revision_of
+from controlled_friction.sandbox import cluster, components, layout
+from controlled_friction.sandbox.operator_proc import OperatorProcess, install_crds, remove_webhook_configurations
+from controlled_friction.sandbox.procs import ProcRecord, is_ours
+
+LABEL = "cf-scale"
+SELECTOR = f"{LABEL}=1"
+PLAN_SECONDS = 30.0
+FIRST_WEIGHT = 50
+TICK_SECONDS = 2.0  # the operator's default CF_TICK_SECONDS, as deployed
+SAMPLE_EVERY = 2.0
+COMPONENTS = ("kube-apiserver", "etcd", "kwok", "kube-controller-manager", "kube-scheduler", "simulator", "prometheus")
+APISERVER_PREFIXES = ("apiserver_request_total", "apiserver_admission_webhook_admission_duration_seconds")
+PROMETHEUS_PREFIXES = ("prometheus_http_requests_total", "prometheus_engine_query_duration_seconds_count")
+RECONCILE = "controlled_friction_reconcile_duration_seconds"
+# The issue's figures (one operator, 200 Rollouts, same plan): (value, rollouts, per-Rollout comparable).
+ISSUE_200 = {
+    "idle_operator_cpu_cores": (0.65, 200, True),
+    "idle_operator_api_rps": (175.0, 200, True),
+    "wave_lag_p50_s": (137.0, 200, False),
+    "wave_lag_p95_s": (214.0, 200, False),
+    "wave_reconcile_p99_s": (2.5, 200, False),
+}
+TARGETS_1000 = {
+    "idle_operator_cpu_cores": "<= 0.05",
+    "idle_operator_rss_mb_max": "<= 300",
+    "wave_lag_p95_s": "<= 10",
+    "approvals_client_p99_ms": "<= 200",
+    "wave_prometheus_queries_per_interval": "independent of N",
+}
+
+
+def say(msg: str) -> None:
+    print(f"[scale {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- objects
+
+
+def template(name: str, version: int) -> dict[str, Any]:
+    return {
+        "metadata": {"labels": {"app": name}},
+        "spec": {"containers": [{"name": "app", "image": f"bench/{name}:{version}"}]},
+    }
+
+
+def rollout(namespace: str, name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": "Rollout",
+        "metadata": {"name": name, "namespace": namespace, "labels": {LABEL: "1"}},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": name}},
+            "template": template(name, 1),
+            "strategy": {"canary": {"steps": [{"setWeight": FIRST_WEIGHT}, {"pause": {"duration": "30s"}}]}},
+            "analysis": {"interval": "10s", "metrics": [{"name": "errors", "kind": "errorRatio", "maxRatio": 0.05}]},
+        },
+    }
+
+
+def api_client(user: str, pool: int = 32) -> Any:
+    from kubernetes import client, config
+
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=str(cluster.kubeconfig_path(user)), client_configuration=cfg)  # type: ignore[no-untyped-call]
+    cfg.connection_pool_maxsize = pool
+    return client.ApiClient(cfg)
+
+
+@dataclass
+class Call:
+    """One timed API request: when it returned (monotonic), how long it took, its HTTP status."""
+
+    done: float
+    seconds: float
+    status: int
+    reason: str = ""
+
+
+def timed(fn: Callable[[], Any]) -> Call:
+    from kubernetes.client import ApiException
+
+    t0 = time.monotonic()
+    try:
+        rsp = fn()
+        rsp.read() if hasattr(rsp, "read") else None
+        status, reason = 200, ""
+    except ApiException as exc:
+        status = int(exc.status or 0)
+        try:
+            reason = str(json.loads(exc.body or "{}").get("message", ""))[:160]
+        except ValueError:
+            reason = str(exc.body)[:160]
+    except Exception as exc:  # connection reset, timeout: part of what is measured
+        status, reason = 0, f"{type(exc).__name__}: {exc}"[:160]
+    t1 = time.monotonic()
+    return Call(t1, t1 - t0, status, reason)
+
+
+def call_summary(calls: Sequence[Call]) -> dict[str, Any]:
+    ok = [c.seconds for c in calls if 200 <= c.status < 300]
+    refused = [c.seconds for c in calls if 400 <= c.status < 500]
+    reasons = Counter(_reason(c.reason) for c in calls if c.status // 100 != 2)
+    return {
+        "n": len(calls),
+        "by_status": dict(Counter(str(c.status) for c in calls)),
+        "all_ms": _ms(summary([c.seconds for c in calls])),
+        "accepted_ms": _ms(summary(ok)),
+        "refused_ms": _ms(summary(refused)),
+        "top_reasons": reasons.most_common(4),
+    }
+
+
+def _reason(message: str) -> str:
+    """`admission webhook "x" denied the request: you already approved ...` -> `x: you already approved ...`."""
+    hook, sep, why = message.partition(" denied the request: ")
+    if sep:
+        name = hook.split('"')[1] if '"' in hook else hook
+        return f"{name}: {why[:90]}"
+    return message[:100]
+
+
+def _ms(s: dict[str, float | int | None]) -> dict[str, float | int | None]:
+    return {k: (round(float(v) * 1000, 1) if k != "n" and v is not None else v) for k, v in s.items()}
+
+
+# ---------------------------------------------------------------- context
+
+
+@dataclass
+class Bench:
+    args: argparse.Namespace
+    info: cluster.SandboxInfo
+    admin_token: str
+    audit: probes.AuditTail | None
+    admin: Any = None
+    alice: Any = None
+    own_prom_queries: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, msg: str) -> None:
+        say("WARNING: " + msg)
+        self.warnings.append(msg)
+
+    def component_pids(self) -> dict[str, int]:
+        p = layout.paths()
+        out: dict[str, int] = {}
+        for name in COMPONENTS:
+            rec = ProcRecord.load(p.pid_file(name))
+            if rec is not None and is_ours(rec):
+                out[name] = rec.pid
+        return out
+
+    def apiserver_metrics(self) -> Samples:
+        return probes.scrape(f"{self.info.apiserver_url}/metrics", APISERVER_PREFIXES, self.admin_token,
+                             str(layout.paths().ca_cert))
+
+    def prometheus_metrics(self) -> Samples:
+        return probes.scrape(f"{self.info.prometheus_url}/metrics", PROMETHEUS_PREFIXES)
+
+    def prom_query(self, q: str) -> list[dict[str, Any]]:
+        import urllib.parse
+
+        self.own_prom_queries += 1
+        text = probes.fetch_text(f"{self.info.prometheus_url}/api/v1/query?" + urllib.parse.urlencode({"query": q}))
+        return list(json.loads(text)["data"]["result"])
+
+    def prom_value(self, q: str) -> float | None:
+        try:
+            res = self.prom_query(q)
+        except Exception:
+            return None
+        return float(res[0]["value"][1]) if res else None
+
+
+def prom_query_count(s: Samples) -> float:
+    return sum(v for (n, lab), v in s.items()
+               if n == "prometheus_http_requests_total" and dict(lab).get("handler") in ("/api/v1/query",
+                                                                                        "/api/v1/query_range"))
+
+
+def engine_query_count(s: Samples) -> float:
+    return sum(v for (n, lab), v in s.items()
+               if n == "prometheus_engine_query_duration_seconds_count" and dict(lab).get("slice") == "inner_eval")
+
+
+class Phase:
+    """Snapshots at the start and end of a phase, and samples every 2 s in between."""
+
+    def __init__(self, bench: Bench, name: str, op: OperatorProcess, watch: RolloutWatch | None = None,
+                 sample_watch: bool = False) -> None:
+        self.bench, self.name, self.op, self.watch = bench, name, op, watch
+        self.sample_watch = sample_watch
+        assert op.proc is not None
+        self.op_pid = op.proc.pid
+        roots = {"operator": self.op_pid, **bench.component_pids(), "benchmark": os.getpid()}
+        self.epoch0, self.mono0 = time.time(), time.monotonic()
+        self.own0 = bench.own_prom_queries
+        self.api0, self.prom0, self.op0 = self._safe(bench.apiserver_metrics), self._safe(bench.prometheus_metrics), \
+            self._safe(self._operator_metrics)
+        self.cpu = CpuWindow(roots)
+        self.samples: list[dict[str, Any]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True, name=f"phase-{name}")
+        self._thread.start()
+
+    def _operator_metrics(self) -> Samples:
+        return probes.scrape(f"http://127.0.0.1:{self.bench.info.ports['operator_health']}/metrics", (RECONCILE,))
+
+    def _safe(self, fn: Callable[[], Samples]) -> Samples:
+        try:
+            return fn()
+        except Exception as exc:
+            self.bench.warn(f"{self.name}: scrape failed: {type(exc).__name__}: {exc}")
+            return {}
+
+    def _sample(self) -> None:
+        while not self._stop.wait(SAMPLE_EVERY):
+            row: dict[str, Any] = {"t": time.monotonic(), "rss": probes.tree_rss(self.op_pid)}
+            if self.sample_watch:
+                try:
+                    row["queries"] = prom_query_count(self.bench.prometheus_metrics())
+                except Exception:
+                    row["queries"] = None
+                if self.watch is not None:
+                    row["in_analysis"] = sum(1 for s in self.watch.snapshot().values() if _in_analysis(s.last))
+            self.samples.append(row)
+
+    def finish(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        cpu = self.cpu.finish()
+        epoch1, seconds = time.time(), time.monotonic() - self.mono0
+        api1, prom1, op1 = self._safe(self.bench.apiserver_metrics), self._safe(self.bench.prometheus_metrics), \
+            self._safe(self._operator_metrics)
+        own = self.bench.own_prom_queries - self.own0
+        out: dict[str, Any] = {"seconds": round(seconds, 1), "cpu": cpu}
+        rss = [r["rss"] for r in self.samples if r.get("rss")] or [probes.tree_rss(self.op_pid)]
+        out["operator_rss_mb"] = {"median": round((probes.quantile(rss, 0.5) or 0) / 2**20, 1),
+                                  "max": round(max(rss) / 2**20, 1)}
+        # API requests: the operator's (audit log, by its user) and everybody's (apiserver_request_total).
+        if self.bench.audit is not None:
+            time.sleep(1.5)  # let the batch audit backend flush the last second
+            win = self.bench.audit.window(int(self.epoch0) + 1, int(epoch1))
+            span = max(1.0, int(epoch1) - int(self.epoch0) - 1)
+            by_verb, by_agent, by_res = Counter[str](), Counter[str](), Counter[str]()
+            for (verb, res, agent), n in win.items():
+                by_verb[verb] += n
+                by_agent[agent] += n
+                by_res[f"{verb} {res}"] += n
+            out["operator_api"] = {
+                "rps": round(sum(win.values()) / span, 2),
+                "by_verb_rps": {k: round(v / span, 2) for k, v in by_verb.most_common()},
+                "by_agent_rps": {k: round(v / span, 2) for k, v in by_agent.most_common()},
+                "top_rps": {k: round(v / span, 2) for k, v in by_res.most_common(8)},
+            }
+        all_verbs = probes.delta(api1, self.api0, "apiserver_request_total", group_by=("verb",))
+        out["all_clients_api_rps_by_verb"] = {k[0]: round(v / seconds, 2) for k, v in
+                                              sorted(all_verbs.items(), key=lambda kv: -kv[1]) if v > 0}
+        out["all_clients_api_rps"] = round(sum(all_verbs.values()) / seconds, 2)
+        # Admission webhooks, as the API server saw them.
+        hooks: dict[str, Any] = {}
+        for (hook,) in probes.delta(api1, self.api0, "apiserver_admission_webhook_admission_duration_seconds_count",
+                                    group_by=("name",)):
+            b = probes.histogram_delta(api1, self.api0, "apiserver_admission_webhook_admission_duration_seconds",
+                                       {"name": hook})
+            if b and b[-1][1] > 0:
+                hooks[hook] = {"n": int(b[-1][1]), "p50_ms": _ms1(probes.histogram_quantile(0.5, b)),
+                               "p99_ms": _ms1(probes.histogram_quantile(0.99, b))}
+        out["apiserver_webhook_latency"] = hooks
+        # Reconciles, from the operator's own histogram.
+        rb = probes.histogram_delta(op1, self.op0, RECONCILE)
+        n_rec = rb[-1][1] if rb else 0.0
+        out["reconcile"] = {
+            "n": int(n_rec), "per_s": round(n_rec / seconds, 2),
+            "p50_s": _r3(probes.histogram_quantile(0.5, rb)), "p99_s": _r3(probes.histogram_quantile(0.99, rb)),
+            "beyond_largest_bucket": round(probes.histogram_beyond(rb), 4),
+        }
+        # Prometheus queries (minus the benchmark's own).
+        q = max(0.0, prom_query_count(prom1) - prom_query_count(self.prom0) - own)
+        eq = max(0.0, engine_query_count(prom1) - engine_query_count(self.prom0) - own)
+        out["prometheus"] = {"http_queries": int(q), "engine_queries": int(eq),
+                             "queries_per_s": round(q / seconds, 3), "per_10s_interval": round(q / seconds * 10, 1)}
+        out["simulator_target"] = simulator_health(self.bench, seconds)
+        if not out["simulator_target"]["ok"]:
+            self.bench.warn(f"{self.name}: THE SIMULATOR'S PROMETHEUS TARGET WAS DOWN "
+                            f"({out['simulator_target']}): this phase measured the simulator, not the operator")
+        out["samples"] = self.samples
+        return out
+
+
+def _ms1(v: float | None) -> float | None:
+    return None if v is None else round(v * 1000, 1)
+
+
+def _r3(v: float | None) -> float | None:
+    return None if v is None else round(v, 3)
+
+
+def _in_analysis(last: tuple[str | None, str | None, str | None, int | None]) -> bool:
+    phase, stable, canary, weight = last
+    return bool(canary) and canary != stable and (weight or 0) > 0 and phase in ("Progressing", "Paused")
+
+
+def simulator_health(bench: Bench, seconds: float) -> dict[str, Any]:
+    """Every scrape of the simulator during the last `seconds`: how many were down, how slow."""
+    rng = f"[{max(2, int(seconds))}s]"
+    sel = '{job="simulator"}'
+    scrapes = bench.prom_value(f"count_over_time(up{sel}{rng})")
+    ups = bench.prom_value(f"sum_over_time(up{sel}{rng})")
+    out: dict[str, Any] = {
+        "scrapes": None if scrapes is None else int(scrapes),
+        "down_scrapes": None if scrapes is None or ups is None else int(scrapes - ups),
+        "scrape_seconds_max": _r3(bench.prom_value(f"max_over_time(scrape_duration_seconds{sel}{rng})")),
+        "scrape_seconds_avg": _r3(bench.prom_value(f"avg_over_time(scrape_duration_seconds{sel}{rng})")),
+        "samples_max": bench.prom_value(f"max_over_time(scrape_samples_scraped{sel}{rng})"),
+    }
+    try:
+        targets = json.loads(probes.fetch_text(f"{bench.info.prometheus_url}/api/v1/targets?state=active"))
+        sim = [t for t in targets["data"]["activeTargets"] if t.get("labels", {}).get("job") == "simulator"]
+        if sim:
+            out["health_now"] = sim[0].get("health")
+            out["last_error"] = sim[0].get("lastError") or ""
+            out["last_scrape_seconds"] = _r3(sim[0].get("lastScrapeDuration"))
+    except Exception as exc:
+        out["health_now"] = f"unknown ({type(exc).__name__})"
+    out["ok"] = out.get("down_scrapes") == 0 and out.get("health_now") == "up"
+    return out
+
+
+# ---------------------------------------------------------------- one size
+
+
+def namespaces_for(n: int, count: int) -> list[str]:
+    return [f"cf-scale-{n}-{i}" for i in range(max(1, min(count, n)))]
+
+
+def create_namespaces(bench: Bench, nss: Sequence[str], timeout: float) -> None:
+    from kubernetes import client
+
+    core = client.CoreV1Api(bench.admin)
+    for ns in nss:
+        core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns, labels={LABEL: "1"})))
+    deadline = time.monotonic() + timeout
+    for ns in nss:  # pods are refused until the namespace's default ServiceAccount exists
+        while time.monotonic() < deadline:
+            try:
+                core.read_namespaced_service_account("default", ns)
+                break
+            except client.ApiException:
+                time.sleep(0.5)
+
+
+def wait_until(what: str, done: Callable[[], tuple[int, int]], timeout: float, every: float = 15.0) -> bool:
+    """Poll `done() -> (ok, total)` each second until ok == total or the timeout; print progress."""
+    t0 = time.monotonic()
+    last = t0
+    while True:
+        ok, total = done()
+        if ok >= total:
+            return True
+        now = time.monotonic()
+        if now - t0 > timeout:
+            say(f"{what}: timed out after {timeout:.0f}s with {ok}/{total}")
+            return False
+        if now - last >= every:
+            say(f"{what}: {ok}/{total} after {now - t0:.0f}s")
+            last = now
+        time.sleep(1.0)
+
+
+def phase_counts(watch: RolloutWatch, keys: Sequence[tuple[str, str]]) -> dict[str, int]:
+    snap = watch.snapshot()
+    return dict(Counter(str(snap[k].last[0]) if k in snap else "unseen" for k in keys))
+
+
+def run_size(bench: Bench, n: int) -> dict[str, Any]:
+    from kubernetes import client
+
+    args = bench.args
+    nss = namespaces_for(n, args.namespaces)
+    keys = [(nss[i % len(nss)], f"svc-{i:04d}") for i in range(n)]
+    res: dict[str, Any] = {"n": n, "namespaces": len(nss), "loadavg_start": probes.loadavg()}
+    say(f"N={n}: {len(nss)} namespaces, operator from {Path(__file__).resolve().parent.parent}")
+    create_namespaces(bench, nss, 60)
+    info = bench.info
+    op = OperatorProcess(log_path=info.state_dir / "logs" / f"scale-operator-{n}.log",
+                         webhook_port=info.ports["webhook"], metrics_port=info.ports["operator_health"],
+                         tick_seconds=TICK_SECONDS)
+    watch = RolloutWatch(bench.admin, names.GROUP, names.VERSION, names.ROLLOUT_PLURAL, SELECTOR)
+    admin_custom = client.CustomObjectsApi(bench.admin)
+    alice_custom = client.CustomObjectsApi(bench.alice)
+    op.start()
+    try:
+        op.wait_webhook_ready(timeout=min(120, args.timeout))
+        time.sleep(2)  # let kopf finish its initial listing before the clock starts
+        res["create"] = phase_create(bench, op, watch, admin_custom, keys)
+        rev1 = res["create"].pop("_rev1")
+        healthy_now = sum(1 for k in keys if k in rev1)
+        say(f"N={n}: settling 5 s, then idle for {args.idle_seconds}s ({healthy_now}/{n} Healthy)")
+        time.sleep(5)
+        idle = Phase(bench, "idle", op, watch)
+        time.sleep(args.idle_seconds)
+        res["idle"] = idle.finish()
+        res["idle"]["healthy_at_start"] = healthy_now
+        res["idle"].pop("samples", None)
+        res["wave"] = phase_wave(bench, op, watch, admin_custom, alice_custom, keys, rev1)
+    except Exception as exc:
+        bench.warn(f"N={n}: aborted: {type(exc).__name__}: {exc}")
+        res["aborted"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        res["operator_alive_at_end"] = op.alive()
+        if not op.alive():
+            bench.warn(f"N={n}: the operator exited; last log lines:\n{op.tail(15)}")
+            op.start()  # it must remove kopf's finalizers for the cleanup
+        res["cleanup"] = cleanup(bench, op, watch, admin_custom, nss, keys)
+        watch.stop()
+        op.stop()
+        remove_webhook_configurations()
+        res["loadavg_end"] = probes.loadavg()
+    res["figures"] = figures(res)
+    return res
+
+
+def phase_create(bench: Bench, op: OperatorProcess, watch: RolloutWatch, custom: Any,
+                 keys: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    args, n = bench.args, len(keys)
+    say(f"N={n}: creating {n} Rollouts")
+    phase = Phase(bench, "create", op, watch)
+    created: dict[tuple[str, str], Call] = {}
+
+    def create(key: tuple[str, str]) -> None:
+        ns, name = key
+        created[key] = timed(lambda: custom.create_namespaced_custom_object(
+            names.GROUP, names.VERSION, ns, names.ROLLOUT_PLURAL, rollout(ns, name), _preload_content=False,
+            _request_timeout=60))
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, keys))
+    t_sent = time.monotonic() - t0
+    failed = {k: c for k, c in created.items() if c.status // 100 != 2}
+    if failed:
+        bench.warn(f"create: {len(failed)} of {n} creates failed, e.g. {next(iter(failed.values())).reason}")
+
+    def healthy(phase_: str | None, stable: str | None, canary: str | None, weight: int | None) -> bool:
+        return phase_ == "Healthy" and bool(stable)
+
+    wanted = [k for k in keys if k not in failed]
+
+    def progress() -> tuple[int, int]:
+        snap = watch.snapshot()
+        return sum(1 for k in wanted if k in snap and snap[k].first(healthy) is not None), len(wanted)
+
+    all_ok = wait_until(f"N={n} first revisions Healthy", progress, args.timeout)
+    out = phase.finish()
+    out.pop("samples", None)
+    snap = watch.snapshot()
+    per, rev1 = [], {}
+    last_healthy = t0
+    for k in wanted:
+        t = snap[k].first(healthy) if k in snap else None
+        if t is not None:
+            per.append(t - created[k].done)
+            last_healthy = max(last_healthy, t)
+            rev1[k] = next(s for (_, p, s, _c, _w) in snap[k].transitions if p == "Healthy" and s)
+    out.update({
+        "creates": call_summary(list(created.values())),
+        "creates_sent_seconds": round(t_sent, 1),
+        "all_healthy": all_ok,
+        "healthy": len(per),
+        "all_healthy_seconds": round(last_healthy - t0, 1) if all_ok else None,
+        "time_to_healthy_s": {k: _r3(v) if isinstance(v, float) else v for k, v in summary(per).items()},
+        "phases_at_end": phase_counts(watch, keys),
+        "_rev1": rev1,
+    })
+    return out
+
+
+def phase_wave(bench: Bench, op: OperatorProcess, watch: RolloutWatch, admin_custom: Any, alice_custom: Any,
+               keys: Sequence[tuple[str, str]], rev1: dict[tuple[str, str], str]) -> dict[str, Any]:
+    args, n = bench.args, len(keys)
+    targets = [k for k in keys if k in rev1]
+    say(f"N={n}: wave of {len(targets)} canaries (30 s plan); approvals as alice at {args.approval_rate}/s "
+        f"for {args.approval_seconds}s while they bake")
+    rev2 = {k: revision_of(template(k[1], 2)) for k in targets}
+    phase = Phase(bench, "wave", op, watch, sample_watch=True)
+    patched: dict[tuple[str, str], Call] = {}
+
+    def patch(key: tuple[str, str]) -> None:
+        ns, name = key
+        body = {"spec": {"template": template(name, 2)}}
+        patched[key] = timed(lambda: admin_custom.patch_namespaced_custom_object(
+            names.GROUP, names.VERSION, ns, names.ROLLOUT_PLURAL, name, body, _preload_content=False,
+            _request_timeout=60))
+
+    t0 = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(patch, targets))
+    t_sent = time.monotonic() - t0
+    failed = {k for k, c in patched.items() if c.status // 100 != 2}
+    if failed:
+        bench.warn(f"wave: {len(failed)} template patches failed, e.g. {patched[next(iter(failed))].reason}")
+    # Approvals while the canaries bake (each approves that Rollout's canary revision).
+    approvals = run_approvals(bench, op, watch, alice_custom, [k for k in targets if k not in failed], rev2)
+
+    def promoted(k: tuple[str, str]) -> Callable[[str | None, str | None, str | None, int | None], bool]:
+        return lambda phase_, stable, canary, weight: phase_ == "Healthy" and bool(stable) and stable != rev1[k]
+
+    wanted = [k for k in targets if k not in failed]
+
+    def progress() -> tuple[int, int]:
+        snap = watch.snapshot()
+        return sum(1 for k in wanted
+                   if k in snap and snap[k].first(promoted(k), after=patched[k].done - 1) is not None), len(wanted)
+
+    all_ok = wait_until(f"N={n} wave Healthy", progress, args.timeout)
+    out = phase.finish()
+    snap = watch.snapshot()
+    lags, lags_after_step, first_steps, mismatched = [], [], [], 0
+    rolled_back = 0
+    for k in wanted:
+        t_change = patched[k].done
+        seen = snap.get(k) or probes.Seen()
+        old = rev1[k]
+
+        def at_first_step(p: str | None, s: str | None, c: str | None, w: int | None, old: str = old) -> bool:
+            return bool(c) and c != old and (w or 0) >= FIRST_WEIGHT
+
+        t_step = seen.first(at_first_step, after=t_change - 1)
+        t_done = seen.first(promoted(k), after=t_change - 1)
+        if any(p == "RolledBack" and t >= t_change - 1 for (t, p, *_r) in seen.transitions):
+            rolled_back += 1
+        canaries = {c for (t, _p, _s, c, _w) in seen.transitions if t >= t_change - 1 and c and c != rev1[k]}
+        if canaries and rev2[k] not in canaries:
+            mismatched += 1
+        if t_step is not None:
+            first_steps.append(t_step - t_change)
+        if t_done is not None:
+            lags.append(t_done - t_change - PLAN_SECONDS)
+            if t_step is not None:
+                lags_after_step.append(t_done - t_step - PLAN_SECONDS)
+    if rolled_back:
+        bench.warn(f"wave: {rolled_back} healthy canaries were ROLLED BACK (inconclusive/no data?)")
+    if mismatched:
+        bench.warn(f"wave: {mismatched} canary revisions differ from the benchmark's revision_of(template)")
+    out.update({
+        "patches": call_summary(list(patched.values())),
+        "patches_sent_seconds": round(t_sent, 1),
+        "all_healthy": all_ok,
+        "promoted": len(lags),
+        "rolled_back": rolled_back,
+        "lag_beyond_plan_s": _round_summary(summary(lags)),
+        "first_step_s": _round_summary(summary(first_steps)),
+        "lag_beyond_plan_after_first_step_s": _round_summary(summary(lags_after_step)),
+        "phases_at_end": phase_counts(watch, keys),
+        "approvals": approvals,
+        "prometheus_plateau": plateau(out.get("samples") or []),
+    })
+    out.pop("samples", None)
+    return out
+
+
+def _round_summary(s: dict[str, float | int | None]) -> dict[str, float | int | None]:
+    return {k: (round(float(v), 1) if k != "n" and v is not None else v) for k, v in s.items()}
+
+
+def plateau(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Prometheus queries per 10 s while the number of canaries in analysis is at its plateau (>= 90% of max)."""
+    rows = [r for r in samples if r.get("queries") is not None and "in_analysis" in r]
+    if len(rows) < 2:
+        return {}
+    peak = max(r["in_analysis"] for r in rows)
+    if peak == 0:
+        return {"canaries_in_analysis_max": 0}
+    idx = [i for i, r in enumerate(rows) if r["in_analysis"] >= 0.9 * peak]
+    first, last = rows[idx[0]], rows[idx[-1]]
+    if last["t"] - first["t"] < 10:  # too short to see an interval: use the whole wave
+        first, last = rows[0], rows[-1]
+    span = max(1e-6, last["t"] - first["t"])
+    inside = [r["in_analysis"] for r in rows if first["t"] <= r["t"] <= last["t"]]
+    per_interval = (last["queries"] - first["queries"]) / span * 10
+    avg = sum(inside) / len(inside)
+    return {
+        "seconds": round(span, 1),
+        "canaries_in_analysis_max": peak,
+        "canaries_in_analysis_avg": round(avg, 1),
+        "queries_per_10s_interval": round(per_interval, 1),
+        "queries_per_canary_per_interval": round(per_interval / avg, 2) if avg else None,
+    }
+
+
+def run_approvals(bench: Bench, op: OperatorProcess, watch: RolloutWatch, custom: Any,
+                  keys: Sequence[tuple[str, str]], rev2: dict[tuple[str, str], str]) -> dict[str, Any]:
+    args = bench.args
+    total = int(args.approval_rate * args.approval_seconds)
+    if not keys or total <= 0:
+        return {}
+    phase = Phase(bench, "approvals", op, watch)
+    calls: list[Call] = []
+    lock = threading.Lock()
+
+    def approve(key: tuple[str, str]) -> None:
+        ns, name = key
+        body = {"metadata": {"annotations": {names.ANN_APPROVE: rev2[key]}}}
+        c = timed(lambda: custom.patch_namespaced_custom_object(
+            names.GROUP, names.VERSION, ns, names.ROLLOUT_PLURAL, name, body, _preload_content=False,
+            _request_timeout=30))
+        with lock:
+            calls.append(c)
+
+    t0 = time.monotonic()
+    late = 0
+    with ThreadPoolExecutor(32) as pool:
+        for i in range(total):  # open loop: a slow answer never slows the arrivals
+            due = t0 + i / args.approval_rate
+            wait = due - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
+            elif wait < -0.5:
+                late += 1
+            pool.submit(approve, keys[i % len(keys)])
+        sent = time.monotonic() - t0
+    answered = max((c.done for c in calls), default=t0) - t0
+    out = phase.finish()
+    out.pop("samples", None)
+    out.update({"requests": call_summary(calls), "sent_seconds": round(sent, 1),
+                "answered_seconds": round(answered, 1),
+                "achieved_rate": round(total / max(1e-6, sent), 1), "submitted_late": late})
+    return out
+
+
+def cleanup(bench: Bench, op: OperatorProcess, watch: RolloutWatch, custom: Any, nss: Sequence[str],
+            keys: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """Delete the Rollouts while the operator runs (its finalizers), then the namespaces; bounded."""
+    from kubernetes import client
+
+    t0 = time.monotonic()
+    timeout = bench.args.timeout
+    say(f"cleanup: deleting {len(keys)} Rollouts, then {len(nss)} namespaces")
+    for ns in nss:
+        try:
+            custom.delete_collection_namespaced_custom_object(names.GROUP, names.VERSION, ns, names.ROLLOUT_PLURAL,
+                                                              label_selector=SELECTOR, _request_timeout=120)
+        except Exception as exc:
+            bench.warn(f"cleanup: delete rollouts in {ns}: {type(exc).__name__}: {exc}")
+
+    def left() -> int:
+        try:
+            items = custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.ROLLOUT_PLURAL,
+                                                      label_selector=SELECTOR, _request_timeout=60)["items"]
+            return sum(1 for it in items if it["metadata"]["namespace"] in nss)
+        except Exception:
+            return len(keys)
+
+    ok = wait_until("cleanup: Rollouts gone", lambda: (len(keys) - left(), len(keys)), timeout)
+    forced = 0
+    if not ok:
+        bench.warn("cleanup: Rollouts still there (kopf finalizers?); removing the webhooks and the finalizers")
+        remove_webhook_configurations()
+        items = custom.list_cluster_custom_object(names.GROUP, names.VERSION, names.ROLLOUT_PLURAL,
+                                                  label_selector=SELECTOR)["items"]
+        for it in items:
+            meta = it["metadata"]
+            if meta["namespace"] in nss:
+                try:
+                    custom.patch_namespaced_custom_object(names.GROUP, names.VERSION, meta["namespace"],
+                                                          names.ROLLOUT_PLURAL, meta["name"],
+                                                          {"metadata": {"finalizers": None}})
+                    forced += 1
+                except Exception:
+                    pass
+    rollouts_s = time.monotonic() - t0
+    core = client.CoreV1Api(bench.admin)
+    for ns in nss:
+        try:
+            core.delete_namespace(ns, propagation_policy="Background")
+        except client.ApiException as exc:
+            if exc.status != 404:
+                bench.warn(f"cleanup: delete namespace {ns}: {exc.status}")
+
+    def ns_gone() -> tuple[int, int]:
+        present = {n.metadata.name for n in core.list_namespace(label_selector=SELECTOR).items if n.metadata}
+        return sum(1 for ns in nss if ns not in present), len(nss)
+
+    ns_ok = wait_until("cleanup: namespaces gone", ns_gone, timeout)
+    if not ns_ok:
+        bench.warn("cleanup: namespaces still terminating")
+    return {"rollouts_seconds": round(rollouts_s, 1), "seconds": round(time.monotonic() - t0, 1),
+            "finalizers_forced": forced, "namespaces_gone": ns_ok}
+
+
+# ---------------------------------------------------------------- figures and tables
+
+
+def _get(d: Any, *path: str) -> Any:
+    for p in path:
+        if not isinstance(d, dict):
+            return None
+        d = d.get(p)
+    return d
+
+
+def figures(res: dict[str, Any]) -> dict[str, Any]:
+    """The flat headline figures of one size (what tables print and comparisons divide)."""
+    f: dict[str, Any] = {
+        "create_all_healthy_s": _get(res, "create", "all_healthy_seconds"),
+        "create_healthy": _get(res, "create", "healthy"),
+        "create_time_to_healthy_p50_s": _get(res, "create", "time_to_healthy_s", "p50"),
+        "create_time_to_healthy_p95_s": _get(res, "create", "time_to_healthy_s", "p95"),
+        "create_time_to_healthy_max_s": _get(res, "create", "time_to_healthy_s", "max"),
+        "create_request_p99_ms": _get(res, "create", "creates", "all_ms", "p99"),
+        "idle_operator_cpu_cores": _get(res, "idle", "cpu", "cores", "operator"),
+        "idle_operator_rss_mb_median": _get(res, "idle", "operator_rss_mb", "median"),
+        "idle_operator_rss_mb_max": _get(res, "idle", "operator_rss_mb", "max"),
+        "idle_operator_api_rps": _get(res, "idle", "operator_api", "rps"),
+        "idle_all_clients_api_rps": _get(res, "idle", "all_clients_api_rps"),
+        "idle_reconciles_per_s": _get(res, "idle", "reconcile", "per_s"),
+        "idle_reconcile_p50_s": _get(res, "idle", "reconcile", "p50_s"),
+        "idle_reconcile_p99_s": _get(res, "idle", "reconcile", "p99_s"),
+        "idle_prometheus_queries_per_s": _get(res, "idle", "prometheus", "queries_per_s"),
+        "wave_promoted": _get(res, "wave", "promoted"),
+        "wave_rolled_back": _get(res, "wave", "rolled_back"),
+        "wave_first_step_p50_s": _get(res, "wave", "first_step_s", "p50"),
+        "wave_first_step_p95_s": _get(res, "wave", "first_step_s", "p95"),
+        "wave_lag_p50_s": _get(res, "wave", "lag_beyond_plan_s", "p50"),
+        "wave_lag_p95_s": _get(res, "wave", "lag_beyond_plan_s", "p95"),
+        "wave_lag_max_s": _get(res, "wave", "lag_beyond_plan_s", "max"),
+        "wave_operator_cpu_cores": _get(res, "wave", "cpu", "cores", "operator"),
+        "wave_operator_api_rps": _get(res, "wave", "operator_api", "rps"),
+        "wave_reconcile_p50_s": _get(res, "wave", "reconcile", "p50_s"),
+        "wave_reconcile_p99_s": _get(res, "wave", "reconcile", "p99_s"),
+        "wave_prometheus_queries_per_interval": _get(res, "wave", "prometheus_plateau", "queries_per_10s_interval"),
+        "wave_canaries_in_analysis": _get(res, "wave", "prometheus_plateau", "canaries_in_analysis_avg"),
+        "wave_patch_request_p99_ms": _get(res, "wave", "patches", "all_ms", "p99"),
+        "approvals_client_p50_ms": _get(res, "wave", "approvals", "requests", "all_ms", "p50"),
+        "approvals_client_p99_ms": _get(res, "wave", "approvals", "requests", "all_ms", "p99"),
+        "approvals_achieved_rate": _get(res, "wave", "approvals", "achieved_rate"),
+    }
+    hooks = _get(res, "wave", "approvals", "apiserver_webhook_latency") or {}
+    for hook, h in hooks.items():
+        short = hook.split(".")[0]
+        f[f"approvals_apiserver_{short}_p50_ms"] = h.get("p50_ms")
+        f[f"approvals_apiserver_{short}_p99_ms"] = h.get("p99_ms")
+    f["simulator_target_ok"] = all(
+        bool(_get(res, ph, "simulator_target", "ok")) for ph in ("create", "idle", "wave") if ph in res)
+    return f
+
+
+LABELS = {
+    "create_all_healthy_s": "create: all N first revisions Healthy (s)",
+    "create_healthy": "create: Healthy / N",
+    "create_time_to_healthy_p50_s": "create: per Rollout to Healthy p50 (s)",
+    "create_time_to_healthy_p95_s": "create: per Rollout to Healthy p95 (s)",
+    "create_time_to_healthy_max_s": "create: per Rollout to Healthy max (s)",
+    "create_request_p99_ms": "create: request (incl. webhooks) p99 (ms)",
+    "idle_operator_cpu_cores": "idle: operator CPU (cores)",
+    "idle_operator_rss_mb_median": "idle: operator RSS median (MB)",
+    "idle_operator_rss_mb_max": "idle: operator RSS max (MB)",
+    "idle_operator_api_rps": "idle: operator API requests/s",
+    "idle_all_clients_api_rps": "idle: API requests/s, all clients",
+    "idle_reconciles_per_s": "idle: reconciles/s",
+    "idle_reconcile_p50_s": "idle: reconcile p50 (s)",
+    "idle_reconcile_p99_s": "idle: reconcile p99 (s)",
+    "idle_prometheus_queries_per_s": "idle: Prometheus queries/s",
+    "wave_promoted": "wave: promoted / N",
+    "wave_rolled_back": "wave: rolled back (healthy canaries!)",
+    "wave_first_step_p50_s": "wave: change -> first step p50 (s)",
+    "wave_first_step_p95_s": "wave: change -> first step p95 (s)",
+    "wave_lag_p50_s": "wave: lag beyond 30 s plan p50 (s)",
+    "wave_lag_p95_s": "wave: lag beyond 30 s plan p95 (s)",
+    "wave_lag_max_s": "wave: lag beyond 30 s plan max (s)",
+    "wave_operator_cpu_cores": "wave: operator CPU (cores)",
+    "wave_operator_api_rps": "wave: operator API requests/s",
+    "wave_reconcile_p50_s": "wave: reconcile p50 (s)",
+    "wave_reconcile_p99_s": "wave: reconcile p99 (s)",
+    "wave_prometheus_queries_per_interval": "wave: Prometheus queries per 10 s interval",
+    "wave_canaries_in_analysis": "wave: canaries in analysis then (avg)",
+    "wave_patch_request_p99_ms": "wave: template patch (incl. webhooks) p99 (ms)",
+    "approvals_client_p50_ms": "approvals: client-side p50 (ms)",
+    "approvals_client_p99_ms": "approvals: client-side p99 (ms)",
+    "approvals_achieved_rate": "approvals: achieved rate (/s)",
+    "simulator_target_ok": "simulator target up in every phase",
+}
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+    return str(v)
+
+
+def _ratio(a: Any, b: Any) -> str:
+    if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, int | float) or not isinstance(b, int | float):
+        return ""
+    if b == 0:
+        return ""
+    return f"x{a / b:.2f}"
+
+
+def render_size(res: dict[str, Any], peer: dict[str, Any] | None) -> list[str]:
+    n, f = res["n"], res["figures"]
+    la = res.get("loadavg_start") or []
+    lines = [
+        "",
+        f"== N = {n} Rollouts ({res['namespaces']} namespaces); load average at start "
+        f"{'/'.join(f'{x:.2f}' for x in la)}, at end {'/'.join(f'{x:.2f}' for x in res.get('loadavg_end') or [])}",
+    ]
+    head = f"{'figure':<46} {'value':>10}"
+    if peer:
+        head += f" {'before':>10} {'after/before':>12}"
+    head += f" {'issue @200':>11} {'vs issue':>9} {'target @1000':>17}"
+    lines += [head, "-" * len(head)]
+    keys = list(LABELS) + sorted(k for k in f if k not in LABELS)
+    for k in keys:
+        if k not in f:
+            continue
+        v = f[k]
+        row = f"{LABELS.get(k, k.replace('_', ' ')):<46} {_fmt(v):>10}"
+        if peer:
+            pv = (peer.get("figures") or {}).get(k)
+            row += f" {_fmt(pv):>10} {_ratio(v, pv):>12}"
+        issue = ISSUE_200.get(k)
+        if issue:
+            value, at, per_rollout = issue
+            cmp = ""
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                cmp = f"x{(v / n) / (value / at):.2f}*" if per_rollout else f"x{v / value:.2f}"
+            row += f" {_fmt(value):>11} {cmp:>9}"
+        else:
+            row += f" {'':>11} {'':>9}"
+        row += f" {TARGETS_1000.get(k, ''):>17}"
+        lines.append(row)
+    lines.append("  (* per Rollout: (value/N) / (issue value/200))")
+    for ph in ("idle", "wave"):
+        api = _get(res, ph, "operator_api")
+        if api:
+            verbs = ", ".join(f"{k} {v:g}" for k, v in api["by_verb_rps"].items())
+            agents = ", ".join(f"{k} {v:g}" for k, v in api["by_agent_rps"].items())
+            lines.append(f"  {ph}: operator requests/s by verb: {verbs or 'none'}; by user agent: {agents or '-'}")
+            if api.get("top_rps"):
+                lines.append("     top: " + ", ".join(f"{k} {v:g}" for k, v in api["top_rps"].items()))
+        allv = _get(res, ph, "all_clients_api_rps_by_verb")
+        if allv:
+            lines.append(f"  {ph}: all clients' requests/s by verb: "
+                         + ", ".join(f"{k} {v:g}" for k, v in allv.items()))
+    for ph in ("idle", "wave"):
+        cores = _get(res, ph, "cpu", "cores")
+        if cores:
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in sorted(cores.items(), key=lambda kv: -kv[1]))
+            lines.append(f"  {ph}: CPU cores: {parts}")
+    hooks = _get(res, "wave", "approvals", "apiserver_webhook_latency") or {}
+    for hook, h in hooks.items():
+        lines.append(f"  approvals: API server's view of webhook {hook}: n {h['n']}, p50 {_fmt(h['p50_ms'])} ms, "
+                     f"p99 {_fmt(h['p99_ms'])} ms")
+    req = _get(res, "wave", "approvals", "requests")
+    if req:
+        lines.append(f"  approvals: {req['n']} requests, by status {req['by_status']}; refused because: "
+                     f"{'; '.join(f'{r} ({c})' for r, c in req['top_reasons']) or '-'}")
+    pl = _get(res, "wave", "prometheus_plateau")
+    if pl:
+        lines.append(f"  wave: Prometheus plateau: {pl}")
+    for ph in ("create", "idle", "wave"):
+        st = _get(res, ph, "simulator_target")
+        if st:
+            loud = "" if st.get("ok") else "   <<<<< SIMULATOR TARGET DOWN: this phase measured the simulator"
+            lines.append(f"  {ph}: simulator target: health {st.get('health_now')}, down scrapes "
+                         f"{st.get('down_scrapes')}/{st.get('scrapes')}, scrape s max {st.get('scrape_seconds_max')} "
+                         f"avg {st.get('scrape_seconds_avg')}, samples {st.get('samples_max')}"
+                         f"{', error ' + st['last_error'] if st.get('last_error') else ''}{loud}")
+    if res.get("aborted"):
+        lines.append(f"  ABORTED: {res['aborted']}")
+    return lines
+
+
+# ---------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.scale", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="100,335,1000", help="comma-separated numbers of Rollouts")
+    ap.add_argument("--json", type=Path, default=None, help="write every figure here")
+    ap.add_argument("--timeout", type=float, default=900.0, help="seconds per phase (create, wave, cleanup)")
+    ap.add_argument("--idle-seconds", type=float, default=60.0)
+    ap.add_argument("--approval-rate", type=float, default=50.0, help="approvals per second during the wave")
+    ap.add_argument("--approval-seconds", type=float, default=20.0)
+    ap.add_argument("--namespaces", type=int, default=10)
+    ap.add_argument("--compare", type=Path, default=None,
+                    help="earlier --json output to print after/before ratios against (default: "
+                         "benchmarks/results/scale-before.json when it exists and is not --json)")
+    ap.add_argument("--keep-sandbox", action="store_true", help="leave a sandbox this run started running")
+    args = ap.parse_args(argv)
+    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+
+    default_before = Path(__file__).resolve().parent / "results" / "scale-before.json"
+    compare = args.compare or (default_before if default_before.exists() and
+                               (args.json is None or args.json.resolve() != default_before) else None)
+    peers: dict[str, Any] = {}
+    if compare and compare.exists():
+        peers = json.loads(compare.read_text()).get("sizes", {})
+
+    # The API server's audit log of the operator's requests: opt in before the sandbox starts.
+    state = layout.state_dir()
+    state.mkdir(parents=True, exist_ok=True)
+    policy = state / "audit-policy.json"
+    policy.write_text(probes.audit_policy(names.OPERATOR_USERNAME))
+    os.environ[components.ENV_AUDIT_POLICY] = str(policy)
+    was_running = any(st["running"] for st in cluster.status().values())
+    t_start = time.time()
+    info = cluster.up(quiet=False)
+    p = layout.paths()
+    rec = ProcRecord.load(p.pid_file("kube-apiserver"))
+    audit_on = rec is not None and any(a.startswith("--audit-policy-file") for a in rec.argv)
+    tokens = {row.split(",")[1]: row.split(",")[0] for row in p.tokens.read_text().splitlines() if row.strip()}
+    admin_token = next(tok for user, tok in tokens.items() if user == "cf-admin")
+    bench = Bench(args, info, admin_token,
+                  probes.AuditTail(components.audit_log(p), names.OPERATOR_USERNAME) if audit_on else None)
+    if not audit_on:
+        bench.warn("the running API server has no audit log (started without the benchmark): the operator's "
+                   "requests by verb are not measured; bring the sandbox down and run again")
+    bench.admin, bench.alice = api_client("admin"), api_client("alice")
+    install_crds()
+    policies = cluster.kubectl("get", "frictionpolicies", "-o", "name", check=False).stdout.split()
+    if policies:
+        bench.warn(f"FrictionPolicies exist ({', '.join(policies)}): they add friction to the plain Rollouts")
+    remove_webhook_configurations()  # left by an earlier operator; ours registers them again
+    out: dict[str, Any] = {
+        "benchmark": "scale",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t_start)),
+        "tree": str(Path(__file__).resolve().parent.parent),
+        "git": _git_head(),
+        "machine": {"cpus": os.cpu_count(), "loadavg_start": probes.loadavg()},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "plan": {"replicas": 2, "steps": ["setWeight 50", "pause 30s"], "metric": "errorRatio maxRatio 0.05",
+                 "interval": "10s", "operator_tick_s": TICK_SECONDS},
+        "sizes": {},
+    }
+    try:
+        for n in sizes:
+            res = run_size(bench, n)
+            out["sizes"][str(n)] = res
+            print("\n".join(render_size(res, peers.get(str(n)))), flush=True)
+            if args.json:
+                _write(args.json, out, bench)
+    finally:
+        if bench.audit is not None:
+            bench.audit.stop()
+        out["machine"]["loadavg_end"] = probes.loadavg()
+        out["warnings"] = bench.warnings
+        out["seconds"] = round(time.time() - t_start, 1)
+        if args.json:
+            _write(args.json, out, bench)
+        if not was_running and not args.keep_sandbox:
+            cluster.down(quiet=False)
+    print("\n".join(["", f"== all sizes ({out['seconds']:.0f} s); warnings:", *(f"  - {w}" for w in bench.warnings)]
+                    if bench.warnings else ["", f"== all sizes ({out['seconds']:.0f} s); no warnings"]))
+    return 0
+
+
+def _write(path: Path, out: dict[str, Any], bench: Bench) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out["warnings"] = bench.warnings
+    path.write_text(json.dumps(out, indent=1, default=str) + "\n")
+
+
+def _git_head() -> str | None:
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, check=False, cwd=Path(__file__).resolve().parent).stdout.strip()
+        return head + (" (with uncommitted changes)" if dirty else "")
+    except OSError:
+        return None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
