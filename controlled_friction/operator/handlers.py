@@ -1,8 +1,8 @@
 """kopf wiring: watch-fed indexes, wake-ups on change, and the scheduler that reconciles. Nothing is
 decided here.
 
-A Rollout is reconciled when something it reads changes (itself, its Deployments, its Service, a
-FrictionPolicy, its Namespace's labels) or at the instant the planner asked for (bake end, next
+A Rollout is reconciled when something it reads changes (itself, its Deployments, its Service, its
+HTTPRoute, a FrictionPolicy, its Namespace's labels) or at the instant the planner asked for (bake end, next
 analysis, approval expiry). There is no per-Rollout timer and no finalizer: a settled Rollout costs
 nothing between events, and a stopped operator never blocks a deletion.
 """
@@ -13,12 +13,13 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import kopf
 import structlog
 
-from controlled_friction import admission, names
+from controlled_friction import admission, names, traffic_routing
 from controlled_friction.adapters.kube import Conflict, Kube
 from controlled_friction.decisions import DeploymentObs
 from controlled_friction.measurement import Samples
@@ -123,6 +124,15 @@ def service_index(namespace: str | None, name: str, **_: Any) -> dict[IndexKey, 
     return {(namespace, name): True}
 
 
+@kopf.index(traffic_routing.GATEWAY_GROUP, traffic_routing.HTTPROUTE_VERSION, traffic_routing.HTTPROUTE_PLURAL)
+def route_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[IndexKey, dict[str, Any]]:
+    """HTTPRoutes (spec.trafficRouting), whole: the planner reads their rules' backendRef weights. Without
+    the Gateway API CRDs kopf leaves the resource unserved and the index empty."""
+    return {(namespace, name): {"metadata": {"namespace": namespace, "name": name,
+                                             "resourceVersion": body.get("metadata", {}).get("resourceVersion")},
+                                "spec": dict(body.get("spec") or {})}}
+
+
 # ---------------------------------------------------------------- wake-ups
 
 
@@ -138,6 +148,7 @@ def rollout_changed(type: str, namespace: str, name: str, body: kopf.Body, memo:
     key = (namespace, name)
     if type == "DELETED":
         op.scheduler.forget(key)
+        op.world.seen.pop(key, None)
         metrics.forget(namespace, name)
         return
     # Our own status writes come back as events too; those change neither generation nor metadata.
@@ -160,6 +171,15 @@ def service_changed(type: str, namespace: str, memo: kopf.Memo, **_: Any) -> Non
     op = _op(memo)
     if op is not None and type in ("DELETED", "ADDED"):
         op.scheduler.wake_all(op.world.rollout_keys(namespace))
+
+
+@kopf.on.event(traffic_routing.GATEWAY_GROUP, traffic_routing.HTTPROUTE_VERSION,  # type: ignore[arg-type]
+               traffic_routing.HTTPROUTE_PLURAL)
+def route_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """A route's weights moved (our own write read back, or someone else's) or it came or went."""
+    op = _op(memo)
+    if op is not None:
+        op.scheduler.wake_all(op.world.routed_by(namespace, name))
 
 
 @kopf.on.event("", "v1", "namespaces")
@@ -199,14 +219,17 @@ async def _process(op: Operator, keys: list[Key]) -> dict[Key, float | None]:
     loop = asyncio.get_running_loop()
     now = op.ctx.now()
     snaps = {k: s for k in keys if (s := op.world.snapshot(k)) is not None}
-    requests = [r for s in snaps.values() if (r := measurement_request(op.ctx, s, now)) is not None]
-    samples: dict[Key, Samples] = {}
-    if requests:
-        samples = await loop.run_in_executor(op.pool, fetch_samples, op.ctx, requests)
+    # Parsing specs and asking Prometheus happen off the event loop, which also serves the watches.
+    samples = await loop.run_in_executor(op.pool, _measure_batch, op.ctx, list(snaps.values()), now)
     results = await asyncio.gather(
         *(loop.run_in_executor(op.pool, _one, op, snap, samples.get(key)) for key, snap in snaps.items())
     )
     return dict(zip(snaps, results, strict=True))
+
+
+def _measure_batch(ctx: Context, snaps: list[Snapshot], now: datetime) -> dict[Key, Samples]:
+    requests = [r for s in snaps if (r := measurement_request(ctx, s, now)) is not None]
+    return fetch_samples(ctx, requests) if requests else {}
 
 
 def _one(op: Operator, snap: Snapshot, samples: Samples | None) -> float | None:
