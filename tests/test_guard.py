@@ -154,3 +154,29 @@ def test_services_the_operator_created_are_guarded_too():
     assert "service shop/checkout-canary belongs to Rollout shop/checkout" in message and "spec" in message
     assert decide("DELETE", svc, None, kind="Service")
     assert decide("UPDATE", svc, changed(svc, "metadata", "annotations", value={"a": "b"}), kind="Service") == []
+
+
+def test_the_webhook_configuration_scopes_the_guards_and_fails_closed_except_for_scale():
+    """What kopf registers: object selector on the contract label (old or new object), Fail, UPDATE and
+    DELETE; the unscopable scale subresource fails open."""
+    import kopf
+    from kopf._cogs.structs import references
+    from kopf._core.engines import admission as kopf_admission
+
+    from controlled_friction.operator import webhook_filters, webhooks  # noqa: F401  (registers the handlers)
+
+    webhook_filters.install(names.OPERATOR_USERNAME)
+    resources = [references.Resource(group="apps", version="v1", plural="deployments", namespaced=True),
+                 references.Resource(group="", version="v1", plural="services", namespaced=True)]
+    hooks = {h["name"].split(".")[0]: h for h in kopf_admission.build_webhooks(
+        kopf.get_default_registry()._webhooks.get_all_handlers(), resources=resources,
+        name_suffix=names.GROUP, client_config={"url": "https://127.0.0.1:9443"})}
+    for name, resource in (("owned-deployments", "deployments"), ("owned-services", "services")):
+        hook = hooks[name]
+        assert hook["objectSelector"] == {"matchExpressions": [{"key": names.LABEL_ROLLOUT, "operator": "Exists"}]}
+        assert hook["failurePolicy"] == "Fail"
+        assert [(r["resources"], r["operations"]) for r in hook["rules"]] == [([resource], ["UPDATE", "DELETE"])]
+        assert any(names.OPERATOR_USERNAME in c["expression"] for c in hook["matchConditions"])
+    scale = hooks["owned-deployments-scale"]
+    assert scale["failurePolicy"] == "Ignore" and scale.get("objectSelector") is None
+    assert [r["resources"] for r in scale["rules"]] == [["deployments/scale"]]

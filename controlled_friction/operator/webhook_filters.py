@@ -17,6 +17,8 @@ from typing import Any
 
 from kopf._core.engines import admission as kopf_admission
 
+from controlled_friction import names
+
 TIMEOUT_SECONDS = 10  # fail closed fast rather than hold a kubectl for kopf's 30 s
 
 _NOT_OPERATOR = "request.userInfo.username != '{user}'"
@@ -42,6 +44,13 @@ def conditions(webhook_name: str, operator_user: str) -> list[dict[str, str]]:
     return [not_operator]  # the guards on owned workloads: the operator may change what it owns
 
 
+# The guards of owned workloads see only objects carrying the contract label, in the old or the new
+# object. (kopf's own `labels=` filter also checks the new object in the webhook, so a request that
+# removes the label would slip past the guard; the selector is set here instead.)
+OWNED_SELECTOR = {"matchExpressions": [{"key": names.LABEL_ROLLOUT, "operator": "Exists"}]}
+OWNED_WEBHOOKS = ("owned-deployments.", "owned-services.")
+
+
 def install(operator_user: str) -> None:
     """Wrap kopf's webhook builder (idempotent)."""
     original: Callable[..., list[dict[str, Any]]] = getattr(
@@ -54,6 +63,8 @@ def install(operator_user: str) -> None:
             match = conditions(str(hook.get("name", "")), operator_user)
             if match:
                 hook["matchConditions"] = match
+            if str(hook.get("name", "")).startswith(OWNED_WEBHOOKS):
+                hook["objectSelector"] = OWNED_SELECTOR
             hook["timeoutSeconds"] = TIMEOUT_SECONDS
         return hooks
 

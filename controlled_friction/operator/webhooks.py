@@ -7,8 +7,8 @@ down Rollouts and owned workloads cannot be changed rather than changed unchecke
 labels, so that webhook cannot be scoped by an object selector and sees every Deployment's scaling
 (HPAs included); it fails open so that an outage never blocks unrelated workloads, and a stable or
 canary scaled meanwhile is put back by the operator (drift) when it returns. The owned-workload
-webhooks are scoped by an object selector on the contract label `controlled-friction.io/rollout`,
-so unrelated Deployments and Services never reach them.
+webhooks are scoped by an object selector on the contract label `controlled-friction.io/rollout`
+(`webhook_filters.OWNED_SELECTOR`), so unrelated Deployments and Services never reach them.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ MANAGED_NAME = names.GROUP  # name of the Mutating/ValidatingWebhookConfiguratio
 WRITES: list[kopf.Operation] = ["CREATE", "UPDATE"]
 CHANGES: list[kopf.Operation] = ["UPDATE", "DELETE"]
 DELETES: list[kopf.Operation] = ["DELETE"]
-OWNED = {names.LABEL_ROLLOUT: kopf.PRESENT}  # kopf turns this into the webhook's objectSelector
 
 
 def _key(memo: kopf.Memo) -> bytes:
@@ -215,7 +214,7 @@ def _guard(kind: str, req: admission.AdmissionInput, memo: kopf.Memo, owner: gua
     _deny(guard.workload_problems(req, kind=kind, owner=owner, owner_live=live, operator_users=operator_users(memo)))
 
 
-@kopf.on.validate("apps", "v1", "deployments", id="owned-deployments", operations=CHANGES, labels=OWNED,
+@kopf.on.validate("apps", "v1", "deployments", id="owned-deployments", operations=CHANGES,
                   persistent=True, side_effects=False, ignore_failures=False)
 def guard_deployment(
     *,
@@ -256,7 +255,7 @@ def guard_deployment_scale(
     _guard("Deployment", req, memo, owner, rollout_uid_index, terminating_namespace_index)
 
 
-@kopf.on.validate("", "v1", "services", id="owned-services", operations=CHANGES, labels=OWNED,
+@kopf.on.validate("", "v1", "services", id="owned-services", operations=CHANGES,
                   persistent=True, side_effects=False, ignore_failures=False)
 def guard_service(
     *,
