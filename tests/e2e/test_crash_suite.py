@@ -102,9 +102,10 @@ def build_cases(rng: random.Random, namespaces: list[str]) -> list[Case]:
         # Generous no-data limits: this suite is about crashes, not about a loaded Prometheus.
         common: dict[str, Any] = {"name": f"app-{i:02d}", "replicas": 1, "metrics": metrics,
                                   "critical": plan == "critical", "inconclusiveLimit": 60, "errorLimit": 30}
-        cases.append(Case(ns, common["name"], plan, fault,
-                          rollout(ns, "shop/app:1", steps, **common),
-                          rollout(ns, "shop/app:2", steps, sim=fault, **common)))
+        v1, v2 = rollout(ns, "shop/app:1", steps, **common), rollout(ns, "shop/app:2", steps, sim=fault, **common)
+        for obj in (v1, v2):  # one pod each: 25% is served as 1 of 2 pods = 50%, which this suite accepts
+            obj["spec"]["strategy"]["canary"]["weightTolerance"] = 25
+        cases.append(Case(ns, common["name"], plan, fault, v1, v2))
     return cases
 
 
