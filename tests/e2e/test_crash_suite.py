@@ -323,11 +323,13 @@ def test_sigkill_storm_keeps_every_promise(live_operator: OperatorProcess, make_
         return len(healthy) == len(cases)
 
     _until_all(all_stable, f"{len(cases)} first revisions Healthy")
-    for c in cases:  # the canaries, all at once
+    audit = Audit(cases)
+    for i, c in enumerate(cases):  # the canaries, all at once
         patch_spec(dave, c.v2)
+        if i % 5 == 4:  # keep watching while patching: the first canaries may be done before the last is sent
+            audit.observe(admin, namespaces)
     t_start = time.monotonic()
 
-    audit = Audit(cases)
     kill_rng = random.Random(SEED + 1)
     kills, up = 0, True
     stop = threading.Event()
