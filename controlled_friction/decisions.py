@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from controlled_friction.measurement import Samples
 from controlled_friction.models.approval import ApprovalEntry
@@ -74,6 +74,11 @@ class Observations:
     measurements: tuple[Measurement, ...] = ()
     # Why the API server refuses the Deployment this revision needs (a server-side dry run said so).
     workload_rejected: str | None = None
+    # The HTTPRoute named by spec.trafficRouting.gatewayAPI.httpRoute as the watch-fed index holds it
+    # (None: missing, or no router named). Only read when the spec names a route.
+    route: dict[str, Any] | None = field(default=None, compare=False)
+    # Which of the per-track Services `<rollout>-stable` / `<rollout>-canary` exist (router only).
+    track_services: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,16 @@ class EnsureService:
 
 
 @dataclass(frozen=True)
+class PatchRoute:
+    """Apply this JSON patch (RFC 6902, from `traffic_routing.route_weight_patch`) to the HTTPRoute
+    `name`: it sets only the weights of the rollout's backendRefs, `weight` percent to the canary."""
+
+    name: str
+    weight: int
+    patch: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True)
 class RecordEvent:
     type: Literal["Normal", "Warning"]
     reason: str
@@ -130,7 +145,7 @@ class ClearAction:
     value: str
 
 
-Action = ApplyDeployment | ScaleDeployment | EnsureService | RecordEvent | ClearAction
+Action = ApplyDeployment | ScaleDeployment | EnsureService | PatchRoute | RecordEvent | ClearAction
 
 RollbackReason = Literal["abort", "analysis", "drift"]
 

@@ -180,3 +180,5 @@ def test_the_webhook_configuration_scopes_the_guards_and_fails_closed_except_for
     scale = hooks["owned-deployments-scale"]
     assert scale["failurePolicy"] == "Ignore" and scale.get("objectSelector") is None
     assert [r["resources"] for r in scale["rules"]] == [["deployments/scale"]]
+    assert {"name": "operator-deployment-name", "expression": "request.name.endsWith('-stable') || "
+            "request.name.endsWith('-canary')"} in scale["matchConditions"]

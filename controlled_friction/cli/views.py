@@ -580,6 +580,33 @@ def explain_view(obj: dict[str, Any], preview: EffectivePlan | None = None) -> R
     if plan.frozen_reason:
         grid.add_row("Frozen", Text(plan.frozen_reason, style="yellow"))
     parts: list[RenderableType] = [grid, _steps_table(plan, st.current_step_index if active else None)]
+    # Requested vs achievable weight per setWeight step: exact with a router, else what replica counts
+    # give (traffic.replica_plan: fits, a stable surge, or a hold with the fix).
+    from controlled_friction.models.rollout import RolloutSpec
+    from controlled_friction.planner.traffic import replica_plan
+
+    try:
+        rspec: RolloutSpec | None = RolloutSpec.model_validate(obj.get("spec") or {})
+    except ValidationError:
+        rspec = None
+    weight_steps = [(i, s) for i, s in enumerate(plan.steps) if s.kind == "setWeight" and s.set_weight]
+    if rspec is not None and weight_steps:
+        routing = rspec.traffic_routing.gateway_api if rspec.traffic_routing else None
+        wtable = Table(title="Weights: requested vs achievable", title_justify="left", header_style="bold")
+        for col in ("#", "requested", "achievable", "how"):
+            wtable.add_column(col, overflow="fold", no_wrap=col != "how")
+        canary = rspec.strategy.canary
+        for i, step in weight_steps:
+            if routing is not None:
+                wtable.add_row(str(i + 1), f"{step.set_weight}%", f"{step.set_weight}%",
+                               Text(f"exact: HTTPRoute {routing.http_route} weights"))
+                continue
+            wp = replica_plan(rspec.replicas, step, canary.weight_tolerance, canary.max_surge)
+            achievable = f"{wp.share:.1f}%" if wp.share is not None else f"{wp.achievable:.1f}% (held)"
+            style = "yellow" if wp.decision == "hold" else ""
+            wtable.add_row(str(i + 1), f"{step.set_weight}%", Text(achievable, style=style),
+                           Text(f"{wp.decision}: {wp.message}", style=style))
+        parts.append(wtable)
     parts.append(_metrics_table(plan) if plan.metrics else Text("No metrics analysed.", style="dim"))
     return Panel(Group(*parts), title=title, title_align="left", expand=False)
 

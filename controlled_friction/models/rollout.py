@@ -83,6 +83,19 @@ class CanaryStrategy(SpecModel):
     steps: list[Step] = Field(
         min_length=1, max_length=100, description="Ordered steps; promotion follows the last step."
     )
+    weight_tolerance: float = Field(
+        default=2.0, ge=0, le=100,
+        description="Without a traffic router: percentage points the canary's share of ready pods may differ "
+        "from a step's weight and still meet it. A share beyond it is reached by a stable surge (maxSurge) "
+        "or the rollout holds (Paused) with a message naming the achievable weight and the fix; a policy's "
+        "maxFirstWeight is never exceeded. Ignored with spec.trafficRouting (weights are exact).",
+    )
+    max_surge: int = Field(
+        default=0, ge=0, le=1000,
+        description="Without a traffic router: extra stable pods (above spec.replicas) the operator may run "
+        "during the canary so that the canary's share meets a step's weight; scaled back at promotion or "
+        "rollback.",
+    )
 
     @model_validator(mode="after")
     def _weights_increase(self) -> CanaryStrategy:
@@ -433,7 +446,16 @@ class RolloutStatus(StatusModel):
         "labelSelectorPath; an HPA uses it to find the pods).",
     )
     canary_weight: int = Field(default=0, description="Weight of the current step, once in force.")
-    effective_weight: float = Field(default=0.0, description="Canary share of ready pods, percent.")
+    effective_weight: float = Field(
+        default=0.0,
+        description="The canary's share of traffic, percent: of the HTTPRoute rule's weights with a traffic "
+        "router, else of ready pods.",
+    )
+    route_weight: int | None = Field(
+        default=None,
+        description="Canary weight set on the HTTPRoute (spec.trafficRouting), as last read back; absent "
+        "without a router, or while the route is missing or its rules disagree.",
+    )
     current_step_index: int = Field(default=0, description="Index of the current step in effectivePlan.steps.")
     step_started_at: datetime | None = Field(default=None, description="When the current step began.")
     rollout_started_at: datetime | None = Field(

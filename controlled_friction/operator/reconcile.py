@@ -2,7 +2,9 @@
 
 Writes happen in the order that keeps promises across a crash: consume the one-shot action, write
 status with optimistic locking (resourceVersion), then make the workloads match (idempotent). On a
-409 the Rollout is re-read and re-planned with the same numbers, never patched with a stale body.
+409 the Rollout is re-read and re-planned with the same numbers, never patched with a stale body; a
+refused HTTPRoute patch (422: the route changed since it was read) is answered the same way, with the
+route re-read too.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import structlog
 from pydantic import ValidationError
 
 from controlled_friction import errors, measurement, names
-from controlled_friction.adapters.kube import Conflict, Kube
+from controlled_friction.adapters.kube import Conflict, Kube, NotFound, RouteConflict
 from controlled_friction.adapters.prometheus import PrometheusClient
 from controlled_friction.analysis import QueryContext
 from controlled_friction.decisions import (
@@ -29,6 +31,7 @@ from controlled_friction.decisions import (
     Decision,
     EnsureService,
     Observations,
+    PatchRoute,
     RecordEvent,
     RolloutInput,
     ScaleDeployment,
@@ -148,12 +151,16 @@ def reconcile(ctx: Context, snap: Snapshot, samples: Samples | None) -> Decision
             _apply(ctx, body, spec, decision, raw_status, cleared, snap)
             _observe_metrics(ns, name, status, decision, now)
             return decision
-        except Conflict:
+        except Conflict as exc:
             metrics.CONFLICTS.inc()
             log.info("conflict; re-reading and re-planning", namespace=ns, rollout=name, attempt=attempt)
             if cleared:
                 carried_action = cleared[0]  # we consumed it before the status write failed: keep it
             body = ctx.kube.get_rollout(ns, name)
+            if isinstance(exc, RouteConflict) and snap.route is not None:
+                # The route changed under our patch (its `test` failed, 422): plan from a fresh read.
+                route = (snap.route.get("metadata") or {}).get("name")
+                snap = replace(snap, route=ctx.kube.get_route(ns, str(route)))
     raise Conflict(f"gave up after {MAX_CONFLICT_RETRIES} conflicts")
 
 
@@ -184,6 +191,8 @@ def _input(ctx: Context, body: dict[str, Any], annotations: dict[str, str], spec
                 annotations.get(names.ANN_AUTHOR), ctx.key,
             ),
             samples=samples,
+            route=snap.route,
+            track_services=snap.track_services,
         ),
         now=now,
     )
@@ -231,6 +240,11 @@ def _apply(ctx: Context, body: dict[str, Any], spec: RolloutSpec | None, decisio
             kube.scale_deployment(ns, names.deployment_name(name, a.track), a.replicas)
         elif isinstance(a, EnsureService):
             kube.create_service(ns, service_body(body, a))
+        elif isinstance(a, PatchRoute):
+            try:
+                kube.patch_route(ns, a.name, list(a.patch))
+            except NotFound:  # deleted meanwhile: its DELETED event wakes the rollout, which then holds
+                log.info("HTTPRoute gone before its patch", namespace=ns, route=a.name)
     for ev in decision.events():
         _event(kube, body, ev)
 

@@ -27,6 +27,8 @@ _META_CHANGED = (
     "(has(object.metadata.{f}) ? object.metadata.{f} : {{}}) != "
     "(has(oldObject.metadata.{f}) ? oldObject.metadata.{f} : {{}})"
 )
+_OWNED_NAME = (f"request.name.endsWith('-{names.TRACK_STABLE}') || "
+               f"request.name.endsWith('-{names.TRACK_CANARY}')")
 _ROLLOUT_CHANGED = (
     "request.operation != 'UPDATE' || object.spec != oldObject.spec || "
     + _META_CHANGED.format(f="annotations") + " || " + _META_CHANGED.format(f="labels")
@@ -41,6 +43,9 @@ def conditions(webhook_name: str, operator_user: str) -> list[dict[str, str]]:
         return [not_operator, {"name": "rollout-changed", "expression": _ROLLOUT_CHANGED}]
     if webhook_name.startswith("policy-rules."):
         return []
+    if webhook_name.startswith("owned-deployments-scale."):
+        # The scale subresource has no labels to select on: at least only the names the operator uses.
+        return [not_operator, {"name": "operator-deployment-name", "expression": _OWNED_NAME}]
     return [not_operator]  # the guards on owned workloads: the operator may change what it owns
 
 

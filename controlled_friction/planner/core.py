@@ -45,6 +45,7 @@ def plan(inp: RolloutInput) -> Decision:
 class Planner(Promotion):
     def run(self) -> Decision:
         self.ensure_service()
+        self.ensure_track_services()
         st = self.st
         if st.stable_revision is None:
             if self.obs.stable is not None and self.obs.stable.revision:
@@ -121,7 +122,7 @@ class Planner(Promotion):
                 self.start_canary("new template")
         if self.revision == st.aborted_revision:
             if self.action != "retry":
-                self.scale_canary_to_zero()
+                self.retire_canary()
                 self.ensure_stable_replicas()
                 st.canary_weight = 0
                 if st.phase != "RolledBack":

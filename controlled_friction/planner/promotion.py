@@ -26,7 +26,10 @@ class Promotion(Steps):
             self.ensure_stable_replicas()
             self.set_phase("Promoting", f"waiting for stable {self.revision} to become available")
             return
-        self.scale_canary_to_zero()
+        if not self.retire_canary():
+            self.set_phase("Promoting", f"stable {self.revision} is available; setting HTTPRoute "
+                           f"{self.route_name} back to stable 100%")
+            return
         approvers = [a.user for a in st.approvals]
         self.history(self.revision, "Promoted", "all steps passed", approvers)
         st.stable_revision = self.revision
@@ -42,7 +45,7 @@ class Promotion(Steps):
         if st.canary_revision and st.phase not in ("Healthy", "RolledBack"):
             self.history(st.canary_revision, "Superseded", "template reverted to the stable revision")
             self.event("Normal", "CanaryAbandoned", f"template is back to stable {st.stable_revision}")
-        self.scale_canary_to_zero()
+        self.retire_canary()
         stable = self.obs.stable
         if stable is None and not any(isinstance(a, ApplyDeployment) for a in self.actions):
             # Template equals the stable revision, so recreating stable from it is exact.
@@ -62,7 +65,7 @@ class Promotion(Steps):
 
     def rollback(self, reason: RollbackReason, message: str) -> Decision:
         st = self.st
-        self.scale_canary_to_zero()
+        self.retire_canary()  # with a router: the route's canary weight to 0 first; pods next time
         self.ensure_stable_replicas()
         st.aborted_revision = self.revision
         st.canary_weight = 0
