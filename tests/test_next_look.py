@@ -51,7 +51,7 @@ def test_next_analysis_is_never_bunched_after_an_off_grid_look():
 
 
 def test_a_gate_wakes_when_a_counted_approval_expires():
-    w = deployed([{"setWeight": 5}, {"pause": {"duration": "10s"}}, {"setWeight": 50}])
+    w = deployed([{"setWeight": 10}, {"pause": {"duration": "10s"}}, {"setWeight": 50}])
     w.labels = {names.LABEL_TIER: "critical"}
     w.policies = (SHORT_EXPIRY,)  # two approvals, expiry 30 s
     w.annotations[names.ANN_AUTHOR] = "carol"

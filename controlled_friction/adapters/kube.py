@@ -20,7 +20,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
-from controlled_friction import names
+from controlled_friction import names, traffic_routing
 
 USER_AGENT = "controlled-friction/0.1"
 
@@ -31,6 +31,11 @@ class Conflict(Exception):
 
 class NotFound(Exception):
     pass
+
+
+class RouteConflict(Conflict):
+    """An HTTPRoute JSON patch was refused (HTTP 422: its `test` failed, the route changed since it was
+    read); answered like a 409: re-read the route and re-plan."""
 
 
 def _transient(exc: BaseException) -> bool:
@@ -264,6 +269,30 @@ class Kube:
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
         _call(self.apps.patch_namespaced_deployment, name, namespace, {"spec": {"replicas": replicas}})
+
+    def get_route(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The HTTPRoute as the API server holds it now (only after a refused patch: the shell reads
+        routes from its watch-fed index)."""
+        try:
+            return self._dict(_call(self.custom.get_namespaced_custom_object, traffic_routing.GATEWAY_GROUP,
+                                    traffic_routing.HTTPROUTE_VERSION, namespace,
+                                    traffic_routing.HTTPROUTE_PLURAL, name))
+        except NotFound:
+            return None
+
+    def patch_route(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> None:
+        """Apply a JSON patch (RFC 6902) to an HTTPRoute: only the paths it names change. A failed
+        `test` (422) or a conflict raises RouteConflict; a route deleted meanwhile NotFound."""
+        try:
+            _call(self.custom.patch_namespaced_custom_object, traffic_routing.GATEWAY_GROUP,
+                  traffic_routing.HTTPROUTE_VERSION, namespace, traffic_routing.HTTPROUTE_PLURAL, name, patch,
+                  _content_type=traffic_routing.JSON_PATCH_CONTENT_TYPE)
+        except Conflict as exc:
+            raise RouteConflict(str(exc)) from exc
+        except ApiException as exc:
+            if exc.status == 422:
+                raise RouteConflict(_status_message(exc)) from exc
+            raise
 
     def service_exists(self, namespace: str, name: str) -> bool:
         try:

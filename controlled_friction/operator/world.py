@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from controlled_friction import admission, names
+from controlled_friction import admission, names, traffic_routing
 from controlled_friction.decisions import DeploymentObs, InvalidPolicy
 from controlled_friction.models.policy import FrictionPolicySpec, NamedPolicy, PolicySelector
 from controlled_friction.operator.indexes import first
@@ -52,6 +52,10 @@ class Snapshot:
     service_exists: bool
     policies: PolicySet
     namespace_labels: dict[str, str]
+    # The HTTPRoute the spec names (spec.trafficRouting.gatewayAPI.httpRoute); None: missing or none named.
+    route: dict[str, Any] | None = None
+    # Which per-track Services (`<rollout>-stable`, `<rollout>-canary`) exist, when a route is named.
+    track_services: frozenset[str] = frozenset()
 
 
 class World:
@@ -63,6 +67,7 @@ class World:
         self.services = indexes["service_index"]
         self.policy_specs = indexes["policy_index"]
         self.namespaces = indexes["namespace_index"]
+        self.routes = indexes["route_index"]
         self._policies: tuple[Any, PolicySet] | None = None
         # What the last event of each object looked like, to tell real changes from our own writes.
         self.seen: dict[Key, tuple[Any, ...]] = {}
@@ -86,6 +91,8 @@ class World:
         ns, name = key
         spec = body.get("spec") or {}
         service = (spec.get("service") or {}).get("name") if isinstance(spec.get("service"), dict) else None
+        route = route_name(body)
+        tracks = [traffic_routing.service_name(name, t) for t in ("stable", "canary")] if route else []
         return Snapshot(
             body=body,
             stable=first(self.deployments.get((ns, names.deployment_name(name, "stable")))),
@@ -93,4 +100,19 @@ class World:
             service_exists=service is None or (ns, service) in self.services,
             policies=self.policies(),
             namespace_labels=dict(first(self.namespaces.get(ns)) or {}),
+            route=first(self.routes.get((ns, route))) if route else None,
+            track_services=frozenset(t for t in tracks if (ns, t) in self.services),
         )
+
+    def routed_by(self, namespace: str, route: str) -> list[Key]:
+        """The Rollouts of `namespace` that name the HTTPRoute `route`."""
+        return [k for k in self.rollout_keys(namespace) if route_name(first(self.rollouts.get(k)) or {}) == route]
+
+
+def route_name(body: Mapping[str, Any]) -> str | None:
+    """spec.trafficRouting.gatewayAPI.httpRoute of a raw Rollout body (None if absent or malformed)."""
+    spec = body.get("spec")
+    routing = spec.get("trafficRouting") if isinstance(spec, Mapping) else None
+    gateway = routing.get("gatewayAPI") if isinstance(routing, Mapping) else None
+    name = gateway.get("httpRoute") if isinstance(gateway, Mapping) else None
+    return name if isinstance(name, str) and name else None

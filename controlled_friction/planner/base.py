@@ -97,6 +97,7 @@ class Base:
         self.actions = unique
         self.st.observed_generation = self.inp.generation
         self.st.effective_weight = effective_weight(self.obs.stable, self.obs.canary)
+        self.traffic_status()
         if self.st.phase != self.before_phase:
             kind: Literal["Normal", "Warning"] = (
                 "Warning" if self.st.phase in ("RolledBack", "Invalid") else "Normal"
@@ -113,6 +114,9 @@ class Base:
             # Workload writes of a settling rollout: look once more soon, in case an event is lost.
             wakes.append(self.now + RESYNC)
         return min(wakes) if wakes else None
+
+    def traffic_status(self) -> None:
+        """Fill the traffic fields of the status (see `traffic.Traffic`)."""
 
     # -- workloads
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from datetime import timedelta
 
-from controlled_friction.decisions import ApplyDeployment, ScaleDeployment
 from controlled_friction.effective_plan import active_freeze, matching_policies
+from controlled_friction.models.rollout import PlannedStep
 from controlled_friction.planner.gate import Gate
 from controlled_friction.planner.measuring import Analysis
+from controlled_friction.planner.traffic import Traffic
 
 
 def canary_replicas(replicas: int, weight: int) -> int:
@@ -16,7 +17,7 @@ def canary_replicas(replicas: int, weight: int) -> int:
 
     The effective weight is canary / (canary + stable) ready pods, so canary = stable * w / (100 - w),
     at least 1 pod for any weight > 0 and at most `replicas` (weights above 50% are served as 50%
-    until promotion).
+    until promotion). The planner asks `traffic_routing.honest_split` whether this meets a step.
     """
     if weight <= 0:
         return 0
@@ -25,7 +26,7 @@ def canary_replicas(replicas: int, weight: int) -> int:
     return max(1, min(max(replicas, 1), round(replicas * weight / (100 - weight))))
 
 
-class Steps(Gate, Analysis):
+class Steps(Gate, Analysis, Traffic):
     def advance(self) -> None:
         self.st.current_step_index += 1
         self.st.step_started_at = self.now
@@ -45,6 +46,15 @@ class Steps(Gate, Analysis):
             st.step_started_at = self.now
         self.update_approval_status()
         freeze = self.freeze(promoting)
+        route_hold = None if promoting else self.route_hold()
+        if route_hold:  # the route cannot carry weights: stay where we are, never promote
+            self.set_phase("Paused", f"step {st.current_step_index + 1}/{len(plan.steps)}: {route_hold}")
+            return
+        in_force = None if promoting else self.weight_step(st.current_step_index)
+        held = self.keep_in_force(in_force) if in_force is not None and st.canary_weight > 0 else None
+        if held:
+            self.set_phase("Paused", f"step {st.current_step_index + 1}/{len(plan.steps)}: {held}")
+            return
         promote_used = False
         for _ in range(len(plan.steps) + 1):
             idx = st.current_step_index
@@ -58,8 +68,12 @@ class Steps(Gate, Analysis):
                 if freeze:
                     self.set_phase("Paused", f"{where}: held by {freeze}")
                     return
-                if not self.canary_at(weight):
-                    self.set_phase("Progressing", f"{where}: scaling canary to weight {weight}%")
+                held = self.weight_hold(step)
+                if held:
+                    self.set_phase("Paused", f"{where}: {held}")
+                    return
+                if not self.canary_at_step(step):
+                    self.set_phase("Progressing", f"{where}: {self.moving_to(weight)}")
                     return
                 st.canary_weight = weight
             elif step.kind == "pause" and step.pause_seconds is None:
@@ -108,18 +122,18 @@ class Steps(Gate, Analysis):
         if self.action == "promote" and not promote_used:
             self.event("Normal", "ActionIgnored", "promote only ends an untimed pause; gates and bakes still apply")
 
-    def canary_at(self, weight: int) -> bool:
-        """Ask for the canary replicas of `weight`; True once they are all ready."""
-        want = canary_replicas(self.spec.replicas, weight)
-        canary = self.obs.canary
-        if canary is None or canary.revision != self.revision:
-            self.actions.append(ApplyDeployment("canary", self.revision, self.spec.template, want))
-            return False
-        if canary.replicas != want:
-            self.actions.append(ScaleDeployment("canary", want))
-            return False
-        self.ensure_stable_replicas()
-        return canary.serving(want)
+    def weight_step(self, idx: int) -> PlannedStep | None:
+        """The setWeight step whose weight is in force at step `idx` (None when `idx` sets one itself)."""
+        plan = self.st.effective_plan
+        assert plan is not None
+        if idx < len(plan.steps) and plan.steps[idx].kind == "setWeight":
+            return None
+        return next((s for s in reversed(plan.steps[:idx]) if s.kind == "setWeight"), None)
+
+    def moving_to(self, weight: int) -> str:
+        if self.route_name is not None:
+            return f"scaling canary and setting HTTPRoute {self.route_name} to weight {weight}%"
+        return f"scaling canary to weight {weight}%"
 
     def promote(self, promoting: bool, freeze: str | None) -> None:
         raise NotImplementedError  # provided by Promotion
