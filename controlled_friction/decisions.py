@@ -147,7 +147,7 @@ class ClearAction:
 
 Action = ApplyDeployment | ScaleDeployment | EnsureService | PatchRoute | RecordEvent | ClearAction
 
-RollbackReason = Literal["abort", "analysis", "drift"]
+RollbackReason = Literal["abort", "analysis", "quiet", "watch", "drift"]
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,14 @@
 """Measurement requests and Prometheus answers, with no I/O: what to ask, and what the answers mean.
 
-Built-in metrics of every Rollout due at the same instant are asked together: one grouped query per
-counter and window (`sum by (namespace, service, track, revision) (increase(...[w]))`) answers for
-every canary at once, so the number of queries per analysis round grows with the distinct windows,
-not with the number of Rollouts. Custom `query` metrics and the one-off pre-rollout baseline stay one
-query each. The adapter (`adapters.prometheus`) only runs the queries and hands back numbers or
-failures; `samples_for` picks each rollout's numbers out of the shared answers, and the planner
-judges them (`analysis.evaluate`).
+Built-in metrics of every Rollout due at the same instant are asked together. The sequential tests
+need the counters themselves: one grouped query per counter, `sum by (namespace, service, track,
+revision) (http_requests_total)` (and its 5xx, and `orders_total`), answers for every canary at once,
+with no window; the planner takes exact differences between looks. The service-wide order rate of
+`maxBaselineDrop` is one grouped `increase(orders_total[w])` per distinct window. So the number of
+queries per round grows with the distinct windows, not with the number of Rollouts. Custom `query`
+metrics and the one-off pre-rollout baseline stay one query each. The adapter (`adapters.prometheus`)
+only runs the queries and hands back numbers or failures; `samples_for` picks each rollout's numbers
+out of the shared answers, and the planner judges them (`planner.sequential_analysis`).
 """
 
 from __future__ import annotations
@@ -17,16 +19,17 @@ from dataclasses import dataclass, field, replace
 
 from controlled_friction.analysis import (
     BASELINE_ORDER_RATE,
-    CANARY_ERROR_RATIO,
-    CANARY_ORDERS_PER_REQUEST,
-    CANARY_REQUESTS,
+    CANARY_ERRORS_TOTAL,
+    CANARY_ORDERS_TOTAL,
+    CANARY_REQUESTS_TOTAL,
     ORDER_RATE,
     ORDERS_METRIC,
     QUERY_VALUE,
     REQUESTS_METRIC,
     SERVER_ERROR_CODES,
-    STABLE_ERROR_RATIO,
-    STABLE_ORDERS_PER_REQUEST,
+    STABLE_ERRORS_TOTAL,
+    STABLE_ORDERS_TOTAL,
+    STABLE_REQUESTS_TOTAL,
     QueryContext,
     baseline_query,
     metric_window,
@@ -34,7 +37,7 @@ from controlled_friction.analysis import (
     render_query,
 )
 from controlled_friction.models.rollout import MetricSpec
-from controlled_friction.names import TRACK_CANARY, TRACK_STABLE
+from controlled_friction.names import TRACK_STABLE
 
 GROUP_LABELS = ("namespace", "service", "track", "revision")
 SeriesKey = tuple[str, str, str, str]  # namespace, service, track, revision
@@ -95,23 +98,38 @@ _COUNTERS = {"requests": (REQUESTS_METRIC, ""), "errors": (REQUESTS_METRIC, f"co
              "orders": (ORDERS_METRIC, "")}
 
 
-def _grouped_key(counter: str, window: float) -> str:
-    return f"{counter}@{promql_duration(window)}"
+TOTAL = "total"  # the key suffix of a cumulative (windowless) counter query
 
 
-def _grouped_query(counter: str, window: float) -> Query:
+def _grouped_key(counter: str, window: float | None) -> str:
+    return f"{counter}@{TOTAL if window is None else promql_duration(window)}"
+
+
+def _grouped_query(counter: str, window: float | None) -> Query:
     metric, matcher = _COUNTERS[counter]
     sel = "{" + matcher + "}" if matcher else ""
     by = ", ".join(GROUP_LABELS)
+    if window is None:
+        return Query(f"sum by ({by}) ({metric}{sel})", grouped=True)
     return Query(f"sum by ({by}) (increase({metric}{sel}[{promql_duration(window)}]))", grouped=True)
 
 
-def _counters_for(metric: MetricSpec) -> tuple[str, ...]:
+def _totals_for(metric: MetricSpec) -> tuple[str, ...]:
+    """Cumulative counters a built-in metric needs (its sequential test, and its canary's traffic)."""
     if metric.kind == "errorRatio":
         return ("requests", "errors")
     if metric.kind == "orderRateDrop":
-        return ("requests", "orders")
+        return ("requests", "orders") if metric.max_drop is not None else ("requests",)
     return ()
+
+
+def _windowed_for(metric: MetricSpec) -> tuple[str, ...]:
+    """Windowed counters: only the service-wide order rate of maxBaselineDrop."""
+    return ("orders",) if metric.kind == "orderRateDrop" and metric.max_baseline_drop is not None else ()
+
+
+def _needed(metric: MetricSpec, window: float) -> list[tuple[str, float | None]]:
+    return [(c, None) for c in _totals_for(metric)] + [(c, window) for c in _windowed_for(metric)]
 
 
 def _own_key(req: MeasurementRequest, what: str, metric: str) -> str:
@@ -127,8 +145,8 @@ def queries(requests: Iterable[MeasurementRequest]) -> dict[str, dict[str, Query
         mine = out.setdefault(req.url, {})
         for metric in req.metrics:
             window = metric_window(metric, req.context)
-            for counter in _counters_for(metric):
-                mine.setdefault(_grouped_key(counter, window), _grouped_query(counter, window))
+            for counter, w in _needed(metric, window):
+                mine.setdefault(_grouped_key(counter, w), _grouped_query(counter, w))
             if metric.kind == "query":
                 ctx = replace(req.context, window_seconds=window)
                 try:
@@ -158,29 +176,28 @@ def _sum(table: Table, ns: str, service: str, track: str | None, revision: str |
     return sum(finite) if finite else None
 
 
-def _ratio(part: float | None, whole: float | None) -> float | None:
-    if whole is None or whole <= 0:
-        return None
-    return (part or 0.0) / whole  # no 5xx / order series next to requests means none happened
-
-
-def _builtin_values(metric: MetricSpec, ctx: QueryContext, tables: Mapping[str, Table]) -> dict[str, float | None]:
-    ns, svc = ctx.namespace, ctx.service
-    req = tables["requests"]
-    c_req = _sum(req, ns, svc, TRACK_CANARY, ctx.canary_revision)
-    s_req = _sum(req, ns, svc, TRACK_STABLE, None)
-    values: dict[str, float | None] = {CANARY_REQUESTS: c_req}
+def _builtin_values(metric: MetricSpec, ctx: QueryContext, totals: Mapping[str, Table],
+                    windowed: Mapping[str, Table]) -> dict[str, float | None]:
+    ns, svc, rev = ctx.namespace, ctx.service, ctx.canary_revision
+    req = totals["requests"]
+    track = ctx.canary_track
+    values: dict[str, float | None] = {
+        CANARY_REQUESTS_TOTAL: _sum(req, ns, svc, track, rev),
+        STABLE_REQUESTS_TOTAL: _sum(req, ns, svc, TRACK_STABLE, None),
+    }
+    # An absent 5xx or orders series next to requests means none happened yet (the planner reads None
+    # as 0 while the track has requests).
     if metric.kind == "errorRatio":
-        err = tables["errors"]
-        values[CANARY_ERROR_RATIO] = _ratio(_sum(err, ns, svc, TRACK_CANARY, ctx.canary_revision), c_req)
-        values[STABLE_ERROR_RATIO] = _ratio(_sum(err, ns, svc, TRACK_STABLE, None), s_req)
-    else:
-        orders = tables["orders"]
+        err = totals["errors"]
+        values[CANARY_ERRORS_TOTAL] = _sum(err, ns, svc, track, rev)
+        values[STABLE_ERRORS_TOTAL] = _sum(err, ns, svc, TRACK_STABLE, None)
+    elif metric.kind == "orderRateDrop":
         if metric.max_drop is not None:
-            values[CANARY_ORDERS_PER_REQUEST] = _ratio(_sum(orders, ns, svc, TRACK_CANARY, ctx.canary_revision), c_req)
-            values[STABLE_ORDERS_PER_REQUEST] = _ratio(_sum(orders, ns, svc, TRACK_STABLE, None), s_req)
+            orders = totals["orders"]
+            values[CANARY_ORDERS_TOTAL] = _sum(orders, ns, svc, track, rev)
+            values[STABLE_ORDERS_TOTAL] = _sum(orders, ns, svc, TRACK_STABLE, None)
         if metric.max_baseline_drop is not None:
-            total = _sum(orders, ns, svc, None, None)
+            total = _sum(windowed["orders"], ns, svc, None, None)
             values[ORDER_RATE] = None if total is None else total / metric_window(metric, ctx)
     return values
 
@@ -203,7 +220,11 @@ def samples_for(req: MeasurementRequest, answers: Mapping[str, Answer],
         if metric.kind == "query":
             ans = answers.get(_own_key(req, "query", metric.name))
             if isinstance(ans, QueryFailure):
-                errors[metric.name] = f"{ans.message} [query {metric.query}]" if not ans.unavailable else ans.message
+                try:  # name the query as Prometheus saw it (variables substituted)
+                    shown = render_query(metric.query or "", replace(req.context, window_seconds=window))
+                except ValueError:
+                    shown = metric.query or ""
+                errors[metric.name] = f"{ans.message} [query {shown}]" if not ans.unavailable else ans.message
             elif isinstance(ans, dict):
                 errors[metric.name] = "internal: a grouped answer for a custom query"
             elif _own_key(req, "query", metric.name) not in answers:
@@ -215,18 +236,19 @@ def samples_for(req: MeasurementRequest, answers: Mapping[str, Answer],
             else:
                 values[metric.name] = {QUERY_VALUE: _finite(ans)}
             continue
-        tables: dict[str, Table] = {}
+        totals: dict[str, Table] = {}
+        windowed: dict[str, Table] = {}
         failure: str | None = None
-        for counter in _counters_for(metric):
-            ans = answers.get(_grouped_key(counter, window))
+        for counter, w in _needed(metric, window):
+            ans = answers.get(_grouped_key(counter, w))
             if isinstance(ans, QueryFailure):
-                failure = ans.message if ans.unavailable else f"{ans.message} [query {counter}]"
+                failure = ans.message if ans.unavailable else f"{ans.message} [query {_grouped_key(counter, w)}]"
                 break
-            tables[counter] = ans if isinstance(ans, dict) else {}
+            (totals if w is None else windowed)[counter] = ans if isinstance(ans, dict) else {}
         if failure is not None:
             errors[metric.name] = failure
             continue
-        vals = _builtin_values(metric, req.context, tables)
+        vals = _builtin_values(metric, req.context, totals, windowed)
         if metric.kind == "orderRateDrop" and metric.max_baseline_drop is not None:
             known = dict(known_baselines or {})
             known.update(baselines)

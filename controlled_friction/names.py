@@ -33,6 +33,7 @@ SIM_PREFIX = "sim.controlled-friction.io/"
 SIM_ERROR_RATE = SIM_PREFIX + "error-rate"
 SIM_ORDER_DROP = SIM_PREFIX + "order-drop"
 SIM_LATENCY_MS = SIM_PREFIX + "latency-ms"
+SIM_FAULT_AFTER = SIM_PREFIX + "fault-after"
 
 TRACK_STABLE = "stable"
 TRACK_CANARY = "canary"

@@ -93,6 +93,16 @@ class FrictionRules(SpecModel):
     max_analysis_interval: Duration | None = Field(
         default=None, description="Analysis runs at least this often."
     )
+    max_quiet: Duration | None = Field(
+        default=None,
+        description="A canary whose metric stays quiet (too few canary requests to judge) longer than this "
+        "is rolled back (the shortest of the Rollout's quietLimit and the policies' wins).",
+    )
+    post_promotion_watch: Duration | None = Field(
+        default=None,
+        description="After promotion, keep judging the service this long and roll stable back to the "
+        "previous revision on failure (the longest of the Rollout's and the policies' wins).",
+    )
     deletion: DeletionRule | None = Field(
         default=None,
         description="DELETE of a matched Rollout is refused until this many others approved it "

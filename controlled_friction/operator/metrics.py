@@ -11,7 +11,9 @@ ROLLOUTS_BY_PHASE = Gauge(
 )
 ROLLBACKS = Counter("controlled_friction_rollbacks_total", "Automatic and manual rollbacks.", ["namespace", "reason"])
 VERDICTS = Counter(
-    "controlled_friction_verdicts_total", "Analysis measurements by metric and verdict.", ["metric", "verdict"]
+    "controlled_friction_verdicts_total",
+    "Analysis measurements by metric, verdict and mode (enforce, or observe for shadow metrics).",
+    ["metric", "verdict", "mode"],
 )
 GATE_WAIT = Histogram(
     "controlled_friction_gate_wait_seconds",

@@ -42,7 +42,7 @@ from controlled_friction.models.rollout import AnalysisState, Measurement, Metri
 from controlled_friction.operator import metrics
 from controlled_friction.operator.world import Snapshot
 from controlled_friction.planner import invalid, plan, request_for
-from controlled_friction.planner.measuring import judge
+from controlled_friction.planner.measuring import judge, record_measurements
 from controlled_friction.revision import revision_of
 from controlled_friction.workloads import deployment_body, service_body
 
@@ -108,13 +108,23 @@ def fetch_samples(ctx: Context, requests: list[MeasurementRequest]) -> dict[tupl
     return out
 
 
+def sample(client: PrometheusClient, metrics_: list[MetricSpec], qctx: QueryContext,
+           baselines: bool = True) -> Samples:
+    """One rollout's numbers, asked the way the operator does (for tests and benchmarks)."""
+    wanted = tuple(m.name for m in metrics_ if m.kind == "orderRateDrop" and m.max_baseline_drop) if baselines else ()
+    req = MeasurementRequest((qctx.namespace, qctx.rollout), client.url, qctx, tuple(metrics_), wanted)
+    return measurement.samples_for(req, client.run(measurement.queries([req])[client.url]))
+
+
 def measure(client: PrometheusClient, metrics_: list[MetricSpec], qctx: QueryContext, now: datetime,
-            state: AnalysisState | None = None) -> list[Measurement]:
-    """One rollout's verdicts, asked and judged the way the operator does (for tests and benchmarks)."""
-    req = MeasurementRequest((qctx.namespace, qctx.rollout), client.url, qctx, tuple(metrics_),
-                             tuple(m.name for m in metrics_ if m.kind == "orderRateDrop" and m.max_baseline_drop))
-    answers = client.run(measurement.queries([req])[client.url])
-    return judge(metrics_, measurement.samples_for(req, answers), state or AnalysisState(), now)
+            state: AnalysisState | None = None) -> tuple[list[Measurement], AnalysisState]:
+    """One look at one rollout, judged the way the planner does: its verdicts, and the analysis state
+    to pass to the next look (sequential tests continue from it)."""
+    before = state or AnalysisState()
+    samples = sample(client, metrics_, qctx, baselines=not any(m.baseline_known for m in before.metrics))
+    judged = judge(metrics_, samples, before, now)
+    after = record_measurements(before, (), now, samples.baselines, tuple(judged))
+    return [j.measurement for j in judged], after
 
 
 def reconcile(ctx: Context, snap: Snapshot, samples: Samples | None) -> Decision:
@@ -267,6 +277,7 @@ def _observe_metrics(ns: str, name: str, before: RolloutStatus, decision: Decisi
         metrics.PROMOTIONS.labels(ns).inc()
     if before.phase == "AwaitingApproval" and after.phase != "AwaitingApproval" and before.step_started_at:
         metrics.GATE_WAIT.observe((now - before.step_started_at).total_seconds())
-    for m in after.analysis.metrics:
+    watched = after.watch.analysis.metrics if after.watch is not None else []
+    for m in [*after.analysis.metrics, *watched]:
         if m.last is not None and m.last.time == now and before.analysis.last_run_at != now:
-            metrics.VERDICTS.labels(m.metric, m.last.verdict).inc()
+            metrics.VERDICTS.labels(m.metric, m.last.verdict, m.mode).inc()

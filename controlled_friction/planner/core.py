@@ -104,6 +104,7 @@ class Planner(Promotion):
         st.rollout_started_at = self.now
         st.canary_weight = 0
         st.analysis = AnalysisState()
+        st.watch = None  # a new canary ends any post-promotion watch
         st.approvals = []
         st.approvals_summary = "-"
         policies = ", ".join(st.effective_plan.policies) or "none"
@@ -146,7 +147,7 @@ class Planner(Promotion):
         if not promoting:
             verdict = self.analysis_rollback_reason()
             if verdict:
-                return self.rollback("analysis", verdict)
+                return self.rollback(*verdict)
         self.report_approval_problems()
         self.walk(promoting)
         return self.finish()
