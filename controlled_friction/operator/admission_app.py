@@ -14,12 +14,12 @@ import kopf
 import structlog
 
 from controlled_friction.adapters.kube import Kube
-from controlled_friction.operator import indexes, webhook_filters, webhooks
+from controlled_friction.operator import indexes, login, webhook_filters, webhooks
 from controlled_friction.operator.settings import RUN
 from controlled_friction.operator.webhooks import MANAGED_NAME
 
 log = structlog.get_logger("controlled_friction.admission")
-__all__ = ["indexes", "webhooks"]  # importing them registers the indexes and the admission handlers
+__all__ = ["indexes", "login", "webhooks"]  # importing them registers the indexes and the admission handlers
 
 
 @kopf.on.startup()

@@ -23,7 +23,7 @@ from controlled_friction import admission, names, traffic_routing
 from controlled_friction.adapters.kube import Conflict, Kube
 from controlled_friction.decisions import DeploymentObs
 from controlled_friction.measurement import Samples
-from controlled_friction.operator import indexes, metrics
+from controlled_friction.operator import indexes, login, metrics
 from controlled_friction.operator.peering import PeeringGate
 from controlled_friction.operator.reconcile import Context, fetch_samples, measurement_request, reconcile
 from controlled_friction.operator.scheduler import Key, Scheduler
@@ -33,7 +33,7 @@ from controlled_friction.workloads import observe_deployment
 
 log = structlog.get_logger("controlled_friction.operator")
 IndexKey = tuple[str | None, str]  # kopf passes namespace None for cluster-scoped objects
-__all__ = ["indexes"]  # its indexes are registered by importing it
+__all__ = ["indexes", "login"]  # importing them registers their handlers
 
 
 @dataclass
@@ -96,12 +96,6 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     if op is not None:
         op.gate.stop()
         op.pool.shutdown(wait=False, cancel_futures=True)
-
-
-@kopf.on.login()
-def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-    # kopf's own client-library login reads $KUBECONFIG at import time; `run --kubeconfig` sets it later.
-    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
 
 # ---------------------------------------------------------------- indexes (kopf keeps them current)

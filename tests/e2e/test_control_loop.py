@@ -5,6 +5,7 @@ by a process of its own, and webhooks that skip the operator's own writes."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -44,11 +45,18 @@ def _seen_by(port: int, namespace: str, name: str) -> bool:
     return metric_sum(operator_metrics(port), PHASES, namespace=namespace, rollout=name) > 0
 
 
-def test_rollouts_carry_no_finalizer_and_delete_with_the_operator_stopped(
-    live_operator: OperatorProcess, make_namespace
-):
+def _own_namespace(stem: str) -> str:
+    """A namespace the test deletes itself (the fixtures' clean-up would find it gone)."""
+    ns = f"e2e-{stem}-{uuid.uuid4().hex[:6]}"
+    cluster.kubectl("create", "namespace", ns)
+    wait_for(lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", ns, check=False).returncode == 0,
+             30, message=f"ServiceAccount default in {ns}")
+    return ns
+
+
+def test_rollouts_carry_no_finalizer_and_delete_with_the_operator_stopped(live_operator: OperatorProcess):
     kube = admin()
-    ns = make_namespace("nofinalizer")
+    ns = _own_namespace("nofinalizer")
     apply_as("dave", rollout(ns, "shop/app:1", [{"setWeight": 50}], replicas=1))
     wait_for(lambda: status(kube, ns).get("phase") == "Healthy", 90, message="Healthy")
     obj = kube.get_rollout(ns, "checkout")
@@ -123,7 +131,7 @@ def test_webhooks_skip_the_operators_own_writes(live_operator: OperatorProcess):
     assert rules["timeoutSeconds"] <= 10
 
 
-def test_uninstalling_leaves_nothing_stuck(live_operator: OperatorProcess, sandbox: SandboxInfo, make_namespace):
+def test_uninstalling_leaves_nothing_stuck(live_operator: OperatorProcess, sandbox: SandboxInfo):
     """What `helm uninstall` does — delete the operator's pods and the chart's objects, the peering object
     among them — must leave no fail-closed webhook behind: the peering object owns the configurations,
     so the garbage collector removes them, and Rollouts and their namespaces then delete normally."""
@@ -150,7 +158,7 @@ def test_uninstalling_leaves_nothing_stuck(live_operator: OperatorProcess, sandb
             return out
 
         wait_for(lambda: owners() == [peering, peering], 60, message="the peering object owns both configurations")
-        ns = make_namespace("uninstall")
+        ns = _own_namespace("uninstall")
         apply_as("dave", rollout(ns, "shop/app:1", [{"setWeight": 50}], replicas=1))
         wait_for(lambda: status(kube, ns).get("phase") == "Healthy", 90, message="Healthy")
 
