@@ -304,3 +304,29 @@ def test_explain_shows_requested_vs_achievable_weight_per_step():
     r = deployed([{"setWeight": 20}])
     r.tick()
     assert "exact: HTTPRoute checkout weights" in text(r)
+
+
+def test_scaling_mid_pause_without_a_router_serves_the_nearest_share_not_above_the_step():
+    w = deployed([{"setWeight": 25}, {"pause": {}}, {"setWeight": 50}], replicas=4, router=False)
+    run_until(w, lambda w: w.status.phase == "Paused")
+    assert w.canary is not None and w.canary.replicas == 1  # 1 next to 4 = 20%
+    w.spec = w.spec.model_copy(update={"replicas": 8})  # 3 next to 8 = 27.3% would overshoot
+    run_until(w, lambda w: w.stable is not None and w.stable.replicas == 8 and w.canary is not None
+              and w.canary.replicas == 2)
+    w.tick()
+    assert w.status.phase == "Paused" and w.status.effective_weight == 20.0
+    w.annotations[names.ANN_ACTION] = "promote"
+    run_until(w, lambda w: w.status.phase == "Healthy")
+    assert w.stable is not None and w.stable.replicas == 8
+
+
+def test_a_hold_mid_step_still_follows_a_scale_up_of_stable_and_never_shrinks_it():
+    w = plain([{"setWeight": 5}, {"pause": {}}], replicas=19)  # 1 next to 19 = 5.0%
+    run_until(w, lambda w: w.status.phase == "Paused" and w.status.canary_weight == 5)
+    w.spec = w.spec.model_copy(update={"replicas": 25})  # 1 next to 25 = 3.8%: still within ±2
+    run_until(w, lambda w: w.stable is not None and w.stable.replicas == 25)
+    w.spec = w.spec.model_copy(update={"replicas": 10})  # 1 next to 10 = 9.1%: too much, hold
+    for _ in range(3):
+        d = w.tick(advance=1)
+        assert d.status.phase == "Paused" and "9.1%" in d.status.message, d.status.message
+    assert w.stable is not None and w.stable.replicas == 25 and w.canary is not None and w.canary.replicas == 1

@@ -20,6 +20,7 @@ or `hold` (Paused, with the achievable weight and the fix). A setWeight that a p
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -46,21 +47,32 @@ def policy_bound(step: PlannedStep) -> int | None:
 def replica_plan(replicas: int, step: PlannedStep, tolerance: float, max_surge: int) -> tr.WeightPlan:
     """What replica counts do for one setWeight step (also what `explain` shows).
 
-    `honest_split`, with one leniency: a share *below* the step's weight (e.g. 20% asked, 2 canary
-    next to 10 stable = 16.7%) is served rather than held — it never widens the blast radius, and
-    status.effectiveWeight and the message say what is served. Above the weight by more than the
+    `honest_split`, with one leniency: where it would hold, the largest share *not above* the step's
+    weight (e.g. 20% asked, 2 canary next to 10 stable = 16.7%) is served instead — it never widens the
+    blast radius, and status.effectiveWeight and the message say what is served. Above the weight by more than the
     tolerance (1 canary next to 1 stable = 50% for a 25% step), or above a policy bound by any
     amount, is never served: a surge or a hold.
     """
     plan = tr.honest_split(replicas, step.set_weight or 0, tolerance=tolerance, max_surge=max_surge,
                            bound=policy_bound(step))
-    natural = plan.natural
-    if plan.decision == "hold" and natural.share < plan.target and natural.canary > 0:
-        message = (f"{natural.canary} canary next to {natural.stable} stable pods = {natural.share:.1f}% for "
-                   f"weight {plan.target}% (below it: replica counts cannot give more without exceeding it; "
-                   "a traffic router gives it exactly)")
-        return replace(plan, split=natural, decision="fits", message=message)
-    return plan
+    if plan.decision != "hold":
+        return plan
+    below = below_split(replicas, plan.target)
+    if below is None:
+        return plan
+    message = (f"{below.canary} canary next to {below.stable} stable pods = {below.share:.1f}% for weight "
+               f"{plan.target}% (below it: replica counts cannot come closer without exceeding it; a traffic "
+               "router gives it exactly)")
+    return replace(plan, split=below, decision="fits", message=message)
+
+
+def below_split(replicas: int, target: int) -> tr.ReplicaSplit | None:
+    """The most canary pods (1..replicas) next to a full stable whose share is not above `target`."""
+    if replicas <= 0 or target <= 0:
+        return None
+    most = replicas if target >= tr.WEIGHT_TOTAL else math.floor(replicas * target / (tr.WEIGHT_TOTAL - target) + 1e-9)
+    canary = min(most, replicas)
+    return tr.ReplicaSplit(canary, replicas) if canary >= 1 else None
 
 
 class Traffic(Base):
@@ -135,6 +147,9 @@ class Traffic(Base):
             return None
         held = self.weight_hold(step)
         if held:
+            stable = self.obs.stable  # more stable pods only lower the canary's share: follow a scale-up
+            if stable is not None and stable.replicas < self.spec.replicas:
+                self.actions.append(ScaleDeployment("stable", self.spec.replicas))
             return held
         plan = self.replica_plan(step)
         assert plan.split is not None
