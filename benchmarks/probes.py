@@ -68,13 +68,15 @@ def _children_map() -> dict[int, list[int]]:
     return kids
 
 
-def process_tree(pid: int, kids: Mapping[int, list[int]] | None = None) -> list[int]:
+def process_tree(pid: int, kids: Mapping[int, list[int]] | None = None, prune: Iterable[int] = ()) -> list[int]:
+    """`pid` and its descendants, without the subtrees rooted at `prune` (other roots we count apart)."""
     kids = _children_map() if kids is None else kids
+    skip = set(prune) - {pid}
     out, todo = [], [pid]
     while todo:
         p = todo.pop()
         out.append(p)
-        todo.extend(kids.get(p, []))
+        todo.extend(k for k in kids.get(p, []) if k not in skip)
     return out
 
 
@@ -109,7 +111,8 @@ def loadavg() -> list[float]:
 
 @dataclass
 class CpuWindow:
-    """CPU cores used by named process trees (a tree is a pid and its descendants) over a window."""
+    """CPU cores used by named process trees over a window (a tree is a pid and its descendants, less the
+    subtrees of the other roots)."""
 
     roots: dict[str, int]
     started: float = field(default_factory=time.monotonic)
@@ -125,9 +128,11 @@ class CpuWindow:
     def _read(self) -> dict[str, dict[int, float]]:
         kids = _children_map()
         out: dict[str, dict[int, float]] = {}
+        roots = set(self.roots.values())
         for name, root in self.roots.items():
             per: dict[int, float] = {}
-            for p in process_tree(root, kids):
+            # The benchmark started the sandbox and the operator: each process counts under one root only.
+            for p in process_tree(root, kids, prune=roots):
                 s = cpu_seconds(p)
                 if s is not None:
                     per[p] = s

@@ -348,3 +348,26 @@ def test_page_and_vendored_chart_library_are_served_with_a_strict_policy() -> No
 @pytest.mark.parametrize("name", ["index.html", "app.js", "app.css", "uPlot.iife.min.js", "uPlot.min.css"])
 def test_static_files_exist(name: str) -> None:
     assert (STATIC / name).stat().st_size > 0
+
+
+# ---------------------------------------------------------------- PrometheusClient.series
+
+
+def test_series_sums_series_per_timestamp_and_drops_nan(monkeypatch: pytest.MonkeyPatch) -> None:
+    from controlled_friction.adapters.prometheus import PrometheusClient, PrometheusUnavailable
+
+    client = PrometheusClient("http://127.0.0.1:1", timeout=0.5)
+    seen: dict[str, Any] = {}
+
+    def fake_range(query: str, start_time: datetime, end_time: datetime, step: str) -> list[dict[str, Any]]:
+        seen.update(query=query, step=step, start=start_time, end=end_time)
+        return [{"metric": {"track": "a"}, "values": [[100, "1"], [102, "NaN"], [104, "2"]]},
+                {"metric": {"track": "b"}, "values": [[100, "0.5"], [104, "+Inf"]]}]
+
+    monkeypatch.setattr(client._conn, "custom_query_range", fake_range)
+    assert client.series("up", NOW - timedelta(minutes=1), NOW, 2) == [(100.0, 1.5), (104.0, 2.0)]
+    assert seen["step"] == "2s" and seen["end"] == NOW
+    # a dead Prometheus is an error the panel can show, not a crash
+    monkeypatch.undo()
+    with pytest.raises(PrometheusUnavailable, match="unreachable"):
+        client.series("up", NOW - timedelta(minutes=1), NOW, 2)

@@ -333,8 +333,7 @@ function renderPlots(current, p) {
       current.charts[key] = entry;
       if (window.uPlot && panel.series) {
         const opts = {
-          width: Math.max(320, Math.min(holder.clientWidth > 1100 ? holder.clientWidth / 2 - 40 : holder.clientWidth - 20, 680)),
-          height: 220,
+          width: Math.max(300, (fig.clientWidth || 600) - 20), height: 220,
           scales: { x: { time: true } },
           series: [{}, ...panel.series.map((s) => ({ label: s.label, spanGaps: false, points: { show: false }, ...ROLE_STYLE[s.role],
                                                      value: (u, v) => fmtValue(panel.unit, v) }))],
