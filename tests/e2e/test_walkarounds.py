@@ -164,12 +164,12 @@ def test_owned_workloads_are_the_operators_alone(live_operator: OperatorProcess,
     # What to do instead works: scale the Rollout, and the operator resizes what it owns.
     allowed("scale through the Rollout's spec.replicas",
             kubectl_as("dave", "patch", "rollout", "checkout", "-n", ns, "--type", "merge",
-                       "-p", '{"spec":{"replicas":8}}'))
+                       "-p", '{"spec":{"replicas":6}}'))
     allowed("promote the paused canary", kubectl_as("dave", "annotate", "rollout", "checkout", "-n", ns,
                                                     f"{names.ANN_ACTION}=promote", "--overwrite"))
     wait_phase(kube, ns, "Healthy", timeout=120, revision_=revision(v2))
     assert "shop/app:2" in json.dumps(deployment(kube, ns, "stable")["spec"]["template"])
-    wait_for(lambda: deployment(kube, ns, "stable")["spec"]["replicas"] == 8, 60,
+    wait_for(lambda: deployment(kube, ns, "stable")["spec"]["replicas"] == 6, 60,
              message="the operator scales the stable Deployment to the Rollout's replicas")
 
     # Deleting a non-critical Rollout works as before, and the garbage collector removes its workloads.
