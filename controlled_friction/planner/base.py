@@ -85,6 +85,7 @@ class Base:
                 "reason": reason,
                 "approvers": approvers or [],
                 "author": self.inp.annotations.get(names.ANN_AUTHOR),
+                "changeRecord": self.inp.annotations.get(names.ANN_CHANGE_RECORD),
             }
         )
         self.st.history = [*self.st.history, entry][-HISTORY_LIMIT:]
