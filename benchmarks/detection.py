@@ -81,13 +81,44 @@ Outcome = Literal["detected", "missed", "survived", "false-rollback", "warmup-ro
 START_ATTEMPTS = 3  # canary revisions a trial may start when healthy ones are rolled back before warm-up
 
 
+CRITICAL_EXAMPLE = "examples/rollout-critical.yaml"
+CANARY_EXTRA: dict[str, Any] = {}  # strategy.canary fields besides steps (the critical example's maxSurge)
+
+
+def critical_profile() -> dict[str, Any]:
+    """spec.analysis of the critical example, unchanged (its policy requires the same order-rate metric)."""
+    import pathlib
+
+    import yaml
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    doc = yaml.safe_load((root / CRITICAL_EXAMPLE).read_text())
+    global CANARY_EXTRA
+    CANARY_EXTRA = {k: v for k, v in doc["spec"]["strategy"]["canary"].items() if k != "steps"}
+    return dict(doc["spec"]["analysis"])
+
+
+def use_profile(name: str) -> dict[str, Any]:
+    """Set the topology of a profile and return its spec.analysis. critical: the critical example at the
+    sandbox's defaults: 10 stable replicas + 1 canary pod for its first step (setWeight 5 = ~9%), 50
+    req/s, Prometheus scraping every 1 s."""
+    global STABLE_REPLICAS, CANARY_WEIGHT, SCRAPE_INTERVAL, STEPS
+    if name == "tuned":
+        return dict(ANALYSIS)
+    # The example's first step is 5% (the policy's maxFirstWeight): 1 canary pod next to 10 + 9 surge
+    # stable pods (its maxSurge).
+    STABLE_REPLICAS, CANARY_WEIGHT, SCRAPE_INTERVAL = 10, 5, 1.0
+    STEPS = [{"setWeight": CANARY_WEIGHT}, {"pause": {"duration": "10m"}}]
+    return critical_profile()
+
+
 def rollout_spec(name: str, analysis: dict[str, Any]) -> RolloutSpec:
     return RolloutSpec.model_validate(
         {
             "replicas": STABLE_REPLICAS,
             "selector": {"matchLabels": {"app": name}},
             "template": app_template(name, "1"),
-            "strategy": {"canary": {"steps": STEPS}},
+            "strategy": {"canary": {"steps": STEPS, **CANARY_EXTRA}},
             "analysis": analysis,
         }
     )
@@ -106,6 +137,7 @@ class Settings:
     verbose: bool
     analysis: dict[str, Any]  # spec.analysis on the wire
     scenarios: tuple[Scenario, ...]
+    from_start: bool = False  # the fault is in the canary revision from its first pod (no warm-up)
 
 
 @dataclass
@@ -157,6 +189,8 @@ def run_trial(scenario: Scenario, run: int, s: Settings, source: StaticSource, m
         for attempt in range(START_ATTEMPTS):
             # A fresh revision each time: the planner keeps a rolled-back one at weight 0.
             rollout.set_template(app_template(service, str(attempt + 2)))
+            if s.from_start and scenario.faults is not None:
+                rollout.new_canary_faults = scenario.faults
             result.canary_starts += 1
             result.canary_age_s = None
             _drive(rollout, scenario, s, rng, window, result)
@@ -199,6 +233,8 @@ def _drive(rollout: LiveRollout, scenario: Scenario, s: Settings, rng: random.Ra
             result.first_fail_s = tick.finished - onset
         if st.phase == "RolledBack":
             result.message = st.message
+            if s.from_start and onset is None and scenario.faults is not None and rollout.canary_started:
+                onset = rollout.canary_started
             if onset is not None:
                 result.outcome, result.detect_s = "detected", tick.finished - onset
             elif warm_at is not None and scenario.faults is None:
@@ -208,6 +244,13 @@ def _drive(rollout: LiveRollout, scenario: Scenario, s: Settings, rng: random.Ra
             return
         if at_weight is None and st.canary_weight >= CANARY_WEIGHT:
             at_weight = tick.finished
+        if s.from_start and warm_at is None and rollout.canary_started is not None:
+            # No warm-up: the clock starts when the canary's pods first serve traffic.
+            warm_at = rollout.canary_started
+            result.warmup_s = 0.0
+            if scenario.faults is not None:
+                onset = rollout.canary_started
+            continue
         if warm_at is None:
             last = [m.last for m in st.analysis.metrics]
             passing = len(last) == len(rollout.spec.analysis.metrics) and all(m and m.verdict == "pass" for m in last)
@@ -314,7 +357,8 @@ def parameters(s: Settings, config: TrafficConfig) -> list[str]:
     )
     return [
         f"Prometheus: {prometheus_version()}, scrape interval {SCRAPE_INTERVAL:g}s",
-        f"Rollout: stable {STABLE_REPLICAS} replicas + canary {canary} (weight {CANARY_WEIGHT}%), steps "
+        f"Rollout: stable {STABLE_REPLICAS} replicas (maxSurge {CANARY_EXTRA.get('maxSurge', 0)}) + canary "
+        f"{canary} (weight {CANARY_WEIGHT}%), steps "
         f"[setWeight {CANARY_WEIGHT}, pause 10m]",
         f"Analysis: interval {a.interval:g}s, window {a.window:g}s, failureLimit {a.failure_limit}, "
         f"inconclusiveLimit {a.inconclusive_limit}, errorLimit {a.error_limit}, minRequests {a.min_requests}",
@@ -386,7 +430,7 @@ def render(summary: dict[str, Any], results: list[TrialResult], s: Settings) -> 
     warm = [r.warmup_s for r in results if r.warmup_s is not None]
     if rounds:
         lines.append(
-            f"Prometheus round (both metrics, 6 queries): median {statistics.median(rounds) * 1000:.0f} ms, "
+            f"Prometheus round (both metrics, 3-4 queries): median {statistics.median(rounds) * 1000:.0f} ms, "
             f"p95 {quantile(rounds, 0.95) * 1000:.0f} ms over {len(rounds)} rounds; warm-up median "
             f"{statistics.median(warm) if warm else math.nan:.1f}s"
         )
@@ -439,7 +483,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None, help="seed for the traffic and the onset jitter")
     p.add_argument("--scenarios", default=",".join(sc.name for sc in SCENARIOS),
                    help="comma-separated subset of: " + ", ".join(sc.name for sc in SCENARIOS))
-    p.add_argument("--window", default=ANALYSIS["window"], help="spec.analysis.window (default %(default)s)")
+    p.add_argument("--profile", choices=("tuned", "critical"), default="tuned",
+                   help="tuned: stable 4 + canary 1 (20%%), interval 2s, window 10s, scrape 2s; critical: the "
+                   "critical example's analysis unchanged, stable 10 + canary 1 (setWeight 5), scrape 1s")
+    p.add_argument("--from-start", action="store_true",
+                   help="the fault is in the canary from its first pod; time from the canary taking traffic")
+    p.add_argument("--window", default=None, help="spec.analysis.window (default: the profile's)")
     p.add_argument("--min-requests", type=int, help="spec.analysis.minRequests (default: the Rollout default)")
     p.add_argument("--failure-limit", type=int, help="spec.analysis.failureLimit (default: the Rollout default)")
     p.add_argument("--json", metavar="PATH", help="also write parameters, summary and every trial as JSON")
@@ -454,7 +503,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [n for n in wanted if n not in by_name]
     if unknown or not wanted:
         p.error(f"unknown scenario(s) {unknown}; choose from {', '.join(by_name)}")
-    analysis = {**ANALYSIS, "window": args.window}
+    analysis = use_profile(args.profile)
+    if args.window is not None:
+        analysis["window"] = args.window
     if args.min_requests is not None:
         analysis["minRequests"] = args.min_requests
     if args.failure_limit is not None:
@@ -464,7 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         p.error(f"invalid analysis settings: {err}")
     s = Settings(args.runs, args.timeout, args.healthy_seconds, args.warmup_timeout, args.concurrency,
-                 args.rate, args.tick, args.seed, args.verbose, analysis, tuple(by_name[n] for n in wanted))
+                 args.rate, args.tick, args.seed, args.verbose, analysis, tuple(by_name[n] for n in wanted),
+                 args.from_start)
 
     config = TrafficConfig(rate=s.rate, base_error_rate=BASE_ERROR_RATE)
     model = TrafficModel(config, seed=s.seed)

@@ -1,8 +1,9 @@
 """A live world for benchmarks: the real planner, the traffic simulator and a real Prometheus.
 
 `LiveRollout` plays the operator's shell for one Rollout without a cluster: each `tick` asks
-`due_metrics` what to measure, measures it against Prometheus with the operator's own `measure`,
-runs `plan` and applies the Decision's Deployment actions to an in-memory world whose Deployments
+`due_metrics` what to measure, asks Prometheus for it with the operator's own batched queries
+(`sample`), runs `plan` with those numbers (the planner judges them, sequential tests and all) and
+applies the Decision's Deployment actions to an in-memory world whose Deployments
 are ready at once. The world's Deployments are the simulator's tracks, so a rollback takes the
 canary out of the traffic on the next simulator tick. The status is round-tripped through its wire
 form every tick, as a restarted operator would read it.
@@ -20,10 +21,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from controlled_friction.adapters.prometheus import PrometheusClient, measure
-from controlled_friction.analysis import QueryContext, promql_duration
+from controlled_friction.adapters.prometheus import PrometheusClient
+from controlled_friction.analysis import promql_duration
+from controlled_friction.measurement import Samples
 from controlled_friction.models.rollout import Measurement, RolloutSpec, RolloutStatus
 from controlled_friction.names import TRACK_CANARY, TRACK_STABLE
+from controlled_friction.operator.reconcile import sample
 from controlled_friction.planner import (
     ApplyDeployment,
     Decision,
@@ -34,6 +37,7 @@ from controlled_friction.planner import (
     due_metrics,
     plan,
 )
+from controlled_friction.planner.measuring import query_context
 from controlled_friction.sandbox import throwaway_prometheus
 from controlled_friction.sandbox.simulator import StaticSource
 from controlled_friction.sandbox.traffic import HEALTHY, FaultProfile, Track
@@ -90,6 +94,8 @@ class LiveRollout:
         self.stable: DeploymentObs | None = None
         self.canary: DeploymentObs | None = None
         self.canary_faults: FaultProfile = HEALTHY
+        self.new_canary_faults: FaultProfile = HEALTHY  # what a new canary revision does from its first pod
+        self.canary_started: float | None = None  # time.monotonic() when the canary's pods first served
 
     @property
     def service(self) -> str:
@@ -110,24 +116,14 @@ class LiveRollout:
         now = datetime.now(UTC)
         status = RolloutStatus.model_validate(self.status.wire())  # what a restarted operator reads
         due = due_metrics(self.spec, status, now)
-        measurements: tuple[Measurement, ...] = ()
+        samples: Samples | None = None
         took: float | None = None
         if due:
             assert status.canary_revision is not None
-            a = self.spec.analysis
-            ctx = QueryContext(
-                namespace=self.namespace,
-                service=self.service,
-                rollout=self.name,
-                canary_revision=status.canary_revision,
-                stable_revision=status.stable_revision,
-                window_seconds=a.window,
-                interval_seconds=a.interval,
-                min_requests=a.min_requests,
-                rollout_started_at=status.rollout_started_at,
-            )
+            ctx = query_context(self.namespace, self.name, self.spec, status)
+            known = any(m.baseline_known for m in status.analysis.metrics)
             started = time.monotonic()
-            measurements = tuple(measure(self.client, due, ctx, now))
+            samples = sample(self.client, due, ctx, baselines=not known)
             took = time.monotonic() - started
         decision = plan(
             RolloutInput(
@@ -138,10 +134,12 @@ class LiveRollout:
                 annotations={},
                 spec=self.spec,
                 status=status,
-                obs=Observations(stable=self.stable, canary=self.canary, measurements=measurements),
+                obs=Observations(stable=self.stable, canary=self.canary, samples=samples),
                 now=now,
             )
         )
+        measurements = tuple(ms.last for ms in decision.status.analysis.metrics
+                             if samples is not None and ms.last is not None and ms.last.time == now)
         self._apply(decision)
         return Tick(decision, measurements, took, time.monotonic())
 
@@ -154,8 +152,10 @@ class LiveRollout:
                 if action.track == TRACK_STABLE:
                     self.stable = obs
                 else:
+                    if self.canary is None or self.canary.revision != action.revision:
+                        self.canary_faults = self.new_canary_faults  # a new canary revision's profile
+                        self.canary_started = time.monotonic() if action.replicas > 0 else None
                     self.canary = obs
-                    self.canary_faults = HEALTHY  # a new canary revision starts healthy
                 changed = True
             elif isinstance(action, ScaleDeployment):
                 current = self.stable if action.track == TRACK_STABLE else self.canary

@@ -9,6 +9,9 @@ The two-person rule rests on three facts the webhooks establish for every write 
 * that entry is admitted only if the requester may approve (approver group, not the author, not
   the CI-claimed change author, not twice, something to approve).
 
+The same webhooks keep a deletion-approval record (`deletion`), refuse the `DELETE` of a Rollout
+whose policy requires approvals that are not there, and check change records (`change_record`).
+
 `operator/webhooks.py` adapts kopf's kwargs to `AdmissionInput` and turns `Problem`s into
 `kopf.AdmissionError`.
 """
@@ -22,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from controlled_friction import names
+from controlled_friction import change_record, deletion, names
 from controlled_friction.analysis import query_problems
 from controlled_friction.errors import readable_errors
 from controlled_friction.models.approval import (
@@ -36,8 +39,8 @@ from controlled_friction.models.approval import (
 )
 from controlled_friction.models.policy import FrictionPolicySpec, FrictionRules, NamedPolicy
 from controlled_friction.models.rollout import RolloutSpec
-from controlled_friction.planner import name_problems, spec_problems
 from controlled_friction.revision import revision_of
+from controlled_friction.validation import name_problems, spec_problems
 
 # An appended entry must be dated within this much of "now": the webhook writes it moments before the
 # validating phase, so anything older was copied from elsewhere (or a dry run) and is a replay.
@@ -192,7 +195,39 @@ def mutate_rollout(req: AdmissionInput, key: bytes, now: datetime) -> Mutation:
 
     if touched and (record != entries or unreadable):
         changes[names.ANN_APPROVALS] = dump_record(record) if record else None
+    changes.update(_mutate_delete_approval(req, key, now, warnings))
+    if _template_changed(req) and req.operation == "UPDATE":
+        kept_record = (ann.get(names.ANN_CHANGE_RECORD) or "").strip()
+        if kept_record and kept_record == (old_ann.get(names.ANN_CHANGE_RECORD) or "").strip():
+            warnings.append(f"{names.ANN_CHANGE_RECORD} is the same as for the previous revision "
+                            f"({kept_record}); update it if this change has its own ticket")
     return Mutation(annotations=changes, warnings=tuple(warnings))
+
+
+def _uid(req: AdmissionInput) -> str:
+    return str(_meta(req.new).get("uid") or _meta(req.old).get("uid") or "")
+
+
+def _mutate_delete_approval(
+    req: AdmissionInput, key: bytes, now: datetime, warnings: list[str]
+) -> dict[str, str | None]:
+    """`approve-delete: <uid>` becomes a signed entry of `delete-approvals` for the requester."""
+    ann, old_ann = _annotations(req.new), _annotations(req.old)
+    value = ann.get(names.ANN_APPROVE_DELETE)
+    if value is None or req.operation != "UPDATE":
+        return {}
+    if value == old_ann.get(names.ANN_APPROVE_DELETE):
+        warnings.append(f"removed a leftover {names.ANN_APPROVE_DELETE} annotation that was never recorded; "
+                        "set it again to approve the deletion")
+        return {names.ANN_APPROVE_DELETE: None}
+    uid = _uid(req)
+    if not uid or value.strip() != uid:
+        return {}  # the validating webhook says what is wrong
+    entry = deletion.new_entry(req.user, req.groups, rollout_id(req.new), uid, now, key)
+    return {
+        names.ANN_APPROVE_DELETE: None,
+        names.ANN_DELETE_APPROVALS: deletion.appended(ann.get(names.ANN_DELETE_APPROVALS), entry),
+    }
 
 
 # ---------------------------------------------------------------- validating webhook
@@ -202,8 +237,11 @@ def needs_policy_context(req: AdmissionInput) -> bool:
     """True when `validate_rollout` may check an approver's groups (so the shell must read policies)."""
     if _passes_untouched(req):
         return False
-    raw = _annotations(req.new).get(names.ANN_APPROVALS)
-    return raw is not None and (raw != _annotations(req.old).get(names.ANN_APPROVALS) or _template_changed(req))
+    if _template_changed(req):  # change-record and approval rules of the matching policies
+        return True
+    ann, old_ann = _annotations(req.new), _annotations(req.old)
+    return any(ann.get(k) is not None and ann.get(k) != old_ann.get(k)
+               for k in (names.ANN_APPROVALS, names.ANN_DELETE_APPROVALS))
 
 
 def validate_rollout(
@@ -227,6 +265,146 @@ def validate_rollout(
     problems += _author_problems(req)
     problems += _author_signature_problems(req, key)
     problems += _record_problems(req, key, policies, namespace_labels, _utc(now))
+    problems += _change_record_problems(req, policies, namespace_labels)
+    problems += _delete_approval_problems(req, key, policies, namespace_labels, _utc(now))
+    return problems
+
+
+def acceptance_notes(req: AdmissionInput) -> list[str]:
+    """What an accepted request recorded, for the requester (admission warnings): approvals, with the
+    change record of what was approved, and deletion approvals."""
+    if _passes_untouched(req):
+        return []
+    ann, old_ann = _annotations(req.new), _annotations(req.old)
+    notes = []
+    record = change_record.describe(ann.get(names.ANN_CHANGE_RECORD))
+    for key_, what in ((names.ANN_APPROVALS, "revision"), (names.ANN_DELETE_APPROVALS, "deletion")):
+        new_entries, _ = parse_record(ann.get(key_))
+        old_entries, _ = parse_record(old_ann.get(key_))
+        if len(new_entries) > len(old_entries) and new_entries[-1] not in old_entries:
+            last = new_entries[-1]
+            if what == "revision":
+                notes.append(f"approval of revision {last.revision} of {rollout_id(req.new)} recorded for "
+                             f"{last.user} ({record})")
+            else:
+                notes.append(f"approval to delete {rollout_id(req.new)} (uid {_uid(req)}) recorded for {last.user}; "
+                             "it counts for a deletion requested by someone else")
+    return notes
+
+
+def validate_rollout_delete(
+    req: AdmissionInput,
+    key: bytes,
+    policies: list[NamedPolicy],
+    namespace_labels: Mapping[str, str],
+    now: datetime,
+    namespace_terminating: bool = False,
+) -> list[Problem]:
+    """A `DELETE` of a Rollout whose policies require deletion approvals that are not all there.
+
+    A terminating namespace's Rollouts are removed by the namespace controller: out of scope."""
+    if req.operation != "DELETE" or req.old is None or namespace_terminating:
+        return []
+    reqs = deletion.requirements(req.old, policies, namespace_labels)
+    if not reqs:
+        return []
+    rollout = rollout_id(req.old)
+    entries, _ = parse_record(_annotations(req.old).get(names.ANN_DELETE_APPROVALS))
+    got = deletion.count(entries, reqs, key=key, rollout=rollout, uid=_uid(req), requester=req.user, now=now)
+    if got.met:
+        return []
+    own = " (your own approval does not count: the requester is never one of the approvers)" if any(
+        e.user == req.user for e in entries) else ""
+    sources = ", ".join(sorted({r.source for r in reqs}))
+    return [
+        Problem(
+            f"deleting Rollout {rollout} (and its Deployments) needs approval by others first ({sources}): "
+            f"counted {', '.join(got.counted) or 'none'}{own}; missing {'; '.join(got.missing)}. "
+            f"Approvers run: {deletion.hint(req.old)}; then delete it again"
+        )
+    ]
+
+
+def _change_record_problems(
+    req: AdmissionInput, policies: list[NamedPolicy], namespace_labels: Mapping[str, str]
+) -> list[Problem]:
+    ann, old_ann = _annotations(req.new), _annotations(req.old)
+    value = ann.get(names.ANN_CHANGE_RECORD)
+    rev = _revision(req.new)
+    template_changed = _template_changed(req) and rev is not None
+    if value is not None and (value != old_ann.get(names.ANN_CHANGE_RECORD) or template_changed):
+        _, wrong = change_record.parse(value)
+        if wrong:
+            return [Problem(wrong, UNPROCESSABLE)]
+    if template_changed and not (value or "").strip():
+        required = change_record.requiring_policies(req.new or {}, policies, namespace_labels)
+        if required:
+            return [
+                Problem(
+                    f"{rollout_id(req.new)}: this change of spec.template (revision {rev}) needs a change record "
+                    f"(required by policy {', '.join(required)}): add the annotation {names.ANN_CHANGE_RECORD}: "
+                    f"{change_record.FORMAT}"
+                )
+            ]
+    return []
+
+
+def _delete_approval_problems(
+    req: AdmissionInput,
+    key: bytes,
+    policies: list[NamedPolicy],
+    namespace_labels: Mapping[str, str],
+    now: datetime,
+) -> list[Problem]:
+    ann, old_ann = _annotations(req.new), _annotations(req.old)
+    rollout, uid = rollout_id(req.new), _uid(req)
+    problems: list[Problem] = []
+    value = ann.get(names.ANN_APPROVE_DELETE)
+    if value is not None and not (req.operation == "UPDATE" and value == old_ann.get(names.ANN_APPROVE_DELETE)):
+        if req.operation == "CREATE":
+            problems.append(Problem(f"{names.ANN_APPROVE_DELETE}: {rollout} does not exist yet; approve its "
+                                    "deletion once it does", UNPROCESSABLE))
+        elif value.strip() != uid:
+            problems.append(Problem(f"{names.ANN_APPROVE_DELETE}={value} does not name the uid {uid} of {rollout}; "
+                                    f"run: {deletion.hint(req.new or {})}", UNPROCESSABLE))
+        else:
+            problems.append(Problem(f"{names.ANN_APPROVE_DELETE} was not recorded: the approvals (mutating) webhook "
+                                    "did not process this request; ask the platform team to check its registration"))
+    raw_new, raw_old = ann.get(names.ANN_DELETE_APPROVALS), old_ann.get(names.ANN_DELETE_APPROVALS)
+    if raw_new == raw_old:
+        return problems
+    new_entries, unreadable = parse_record(raw_new)
+    old_entries, _ = parse_record(raw_old)
+    if unreadable or new_entries[: len(old_entries)] != old_entries:
+        return [*problems, Problem(
+            f"{names.ANN_DELETE_APPROVALS} is written only by the admission webhook and cannot be edited, "
+            f"reordered or removed; to approve the deletion of {rollout}, run: {deletion.hint(req.new or {})}"
+        )]
+    reqs = deletion.requirements(req.new or {}, policies, namespace_labels)
+    groups = deletion.approver_groups(reqs)
+    longest = max((r.expiry_seconds for r in reqs), default=0.0)
+    seen = {e.user for e in old_entries if e.revision == deletion.subject(uid)
+            and (now - _utc(e.time)).total_seconds() <= longest}
+    for i, entry in enumerate(new_entries[len(old_entries):], start=len(old_entries)):
+        wrong = _forgery_signs(entry, req, key, rollout, deletion.subject(uid), now, bound_to="this Rollout")
+        if wrong:
+            problems.append(Problem(
+                f"{names.ANN_DELETE_APPROVALS}[{i}] (user {entry.user!r}) is rejected: " + "; ".join(wrong)
+                + f". Deletion approvals are recorded only by the admission webhook: run {deletion.hint(req.new or {})}"
+            ))
+        elif not reqs:
+            problems.append(Problem(f"no FrictionPolicy requires approval to delete {rollout}: it can be deleted "
+                                    "without one", UNPROCESSABLE))
+        elif not set(req.groups) & set(groups):
+            problems.append(Problem(
+                f"{entry.user!r} may not approve deleting {rollout}: deletion approvals must come from a member of "
+                f"{', '.join(groups)} ({', '.join(sorted({r.source for r in reqs}))}); {entry.user!r} is in "
+                f"{', '.join(sorted(req.groups)) or 'no groups'}"
+            ))
+        elif entry.user in seen:
+            problems.append(Problem(f"{entry.user!r} has already approved deleting {rollout}; the next approval "
+                                    "must come from another person"))
+        seen.add(entry.user)
     return problems
 
 
@@ -368,13 +546,16 @@ def _record_problems(
                 )
             )
             continue
-        problems += _approval_rule_problems(req, entry, policies, namespace_labels, seen)
+        record = change_record.describe(ann.get(names.ANN_CHANGE_RECORD))
+        problems += [Problem(f"{p.message} ({record})", p.code)
+                     for p in _approval_rule_problems(req, entry, policies, namespace_labels, seen)]
         seen.add((entry.user, entry.revision))
     return problems
 
 
 def _forgery_signs(
-    entry: ApprovalEntry, req: AdmissionInput, key: bytes, rollout: str, rev: str | None, now: datetime
+    entry: ApprovalEntry, req: AdmissionInput, key: bytes, rollout: str, rev: str | None, now: datetime,
+    bound_to: str = "",
 ) -> list[str]:
     """Everything that shows an appended entry is not the one the webhook just wrote for this request."""
     wrong = []
@@ -386,7 +567,9 @@ def _forgery_signs(
         wrong.append(f"it names {entry.user!r} but the request comes from {req.user!r}")
     if sorted(set(entry.groups)) != sorted(set(req.groups)):
         wrong.append("its groups are not the requester's groups")
-    if entry.revision != rev:
+    if entry.revision != rev and bound_to:
+        wrong.append(f"it was given for {entry.revision}, not {bound_to} ({rev})")
+    elif entry.revision != rev:
         wrong.append(f"it is for revision {entry.revision}, but the canary revision is {rev}")
     if abs(_utc(entry.time) - now) > APPROVAL_MAX_SKEW:
         wrong.append(f"it is dated {_utc(entry.time).isoformat()}, not now (copied or replayed)")

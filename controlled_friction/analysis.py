@@ -1,7 +1,11 @@
-"""PromQL for the rollout's health checks and the verdicts on their results.
+"""PromQL for the rollout's health checks, and the threshold verdicts on their results.
 
-Pure: no I/O and no clock. `adapters.prometheus` runs the queries this module builds and hands the
-numbers back to `evaluate`. Query names are the keys shared by both sides.
+Pure: no I/O and no clock. `measurement` batches the queries of many rollouts and picks each one's
+numbers out of the answers. errorRatio and orderRateDrop's canary-vs-stable bounds are judged by the
+anytime-valid sequential tests (`planner.sequential_analysis`, on `sequential`), from the cumulative
+counters named `*_TOTAL` below; what stays a plain per-look threshold is judged here: the service's
+order rate vs before the rollout (`baseline_check`) and custom `query` metrics (`evaluate`).
+`queries_for` gives one rollout's windowed queries on their own (the dashboard plots them).
 """
 
 from __future__ import annotations
@@ -30,6 +34,13 @@ STABLE_ORDERS_PER_REQUEST = "stable_orders_per_request"
 ORDER_RATE = "order_rate"
 BASELINE_ORDER_RATE = "baseline_order_rate"
 QUERY_VALUE = "value"
+# Cumulative counters at the instant of the look (exact differences between looks feed the tests).
+CANARY_REQUESTS_TOTAL = "canary_requests_total"
+CANARY_ERRORS_TOTAL = "canary_errors_total"
+CANARY_ORDERS_TOTAL = "canary_orders_total"
+STABLE_REQUESTS_TOTAL = "stable_requests_total"
+STABLE_ERRORS_TOTAL = "stable_errors_total"
+STABLE_ORDERS_TOTAL = "stable_orders_total"
 
 _VARIABLE = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
@@ -50,6 +61,9 @@ class QueryContext:
     interval_seconds: float
     min_requests: int
     rollout_started_at: datetime | None  # end of the pre-rollout baseline window
+    # The track the "canary" figures come from: `stable` while a post-promotion watch judges the
+    # promoted revision (canary_revision) on the stable track.
+    canary_track: str = TRACK_CANARY
 
 
 _SAMPLE_CONTEXT = QueryContext(
@@ -91,7 +105,8 @@ def _selector(ctx: QueryContext, track: str | None = None, extra: str = "") -> s
     return "{" + ",".join(labels) + "}"
 
 
-def _window(metric: MetricSpec, ctx: QueryContext) -> float:
+def metric_window(metric: MetricSpec, ctx: QueryContext) -> float:
+    """The metric's own window, else the rollout's."""
     return metric.window if metric.window is not None else ctx.window_seconds
 
 
@@ -149,7 +164,7 @@ def query_problems(metrics: list[MetricSpec], path: str) -> list[str]:
 
 def queries_for(metric: MetricSpec, ctx: QueryContext) -> dict[str, str]:
     """The named PromQL instant queries `evaluate` needs for this metric (only what is configured)."""
-    w = promql_duration(_window(metric, ctx))
+    w = promql_duration(metric_window(metric, ctx))
     canary, stable = _selector(ctx, TRACK_CANARY), _selector(ctx, TRACK_STABLE)
 
     def requests(sel: str, fn: str = "rate") -> str:
@@ -178,12 +193,20 @@ def queries_for(metric: MetricSpec, ctx: QueryContext) -> dict[str, str]:
         if metric.max_baseline_drop is not None:
             service = _selector(ctx)
             queries[ORDER_RATE] = f"sum(rate({ORDERS_METRIC}{service}[{w}]))"
-            if ctx.rollout_started_at is not None:
-                at = _unix_seconds(ctx.rollout_started_at)
-                queries[BASELINE_ORDER_RATE] = f"sum(rate({ORDERS_METRIC}{service}[{w}] @ {at:.3f}))"
+            baseline = baseline_query(metric, ctx)
+            if baseline is not None:
+                queries[BASELINE_ORDER_RATE] = baseline
         return queries
     assert metric.query is not None  # guaranteed by MetricSpec's validator
-    return {QUERY_VALUE: render_query(metric.query, replace(ctx, window_seconds=_window(metric, ctx)))}
+    return {QUERY_VALUE: render_query(metric.query, replace(ctx, window_seconds=metric_window(metric, ctx)))}
+
+
+def baseline_query(metric: MetricSpec, ctx: QueryContext) -> str | None:
+    """The service's order rate over the window just before the rollout started (PromQL `@`)."""
+    if ctx.rollout_started_at is None:
+        return None
+    w = promql_duration(metric_window(metric, ctx))
+    return f"sum(rate({ORDERS_METRIC}{_selector(ctx)}[{w}] @ {_unix_seconds(ctx.rollout_started_at):.3f}))"
 
 
 def _unix_seconds(t: datetime) -> float:
@@ -194,26 +217,27 @@ def _unix_seconds(t: datetime) -> float:
 
 
 @dataclass(frozen=True)
-class _Check:
+class Check:
     verdict: CheckVerdict
     message: str
     # Inconclusive only because a reference (stable, pre-rollout baseline) is missing: dropped when
-    # another check of the metric reached a verdict, so e.g. a rollout at 100% (no stable traffic)
-    # or a brand-new service (no baseline) is still judged by the checks that can run.
+    # another check of the metric reached a verdict, so e.g. a brand-new service (no baseline) is
+    # still judged by the checks that can run.
     reference_missing: bool = False
 
 
-def _num(value: float | None) -> float | None:
+def num(value: float | None) -> float | None:
     """NaN and ±Inf (0/0, x/0 in PromQL) count as no data."""
     return value if value is not None and math.isfinite(value) else None
 
 
-def _pct(x: float) -> str:
+def pct(x: float) -> str:
     p = x * 100
     return f"{p:.1f}%" if p == 0 or abs(p) >= 0.1 else f"{p:.2g}%"
 
 
-def _combine(checks: list[_Check]) -> tuple[CheckVerdict, str]:
+def combine(checks: list[Check]) -> tuple[CheckVerdict, str]:
+    """The worst verdict (fail > inconclusive > pass) and every message, worst first."""
     decided = any(c.verdict != "inconclusive" for c in checks)
     counted = [c for c in checks if not (decided and c.reference_missing)]
     if not counted:
@@ -223,129 +247,49 @@ def _combine(checks: list[_Check]) -> tuple[CheckVerdict, str]:
     return verdict, "; ".join(c.message for c in ordered)
 
 
-# One-sided z for 99% confidence. A proportion check fails only when the canary is worse than its bound
-# beyond sampling noise: a canary with 50 requests is not judged as if it had 5,000. Hard faults (100%
-# 5xx, 99% fewer orders) are still significant after a few dozen requests.
-Z_99 = 2.326
+def baseline_check(metric: MetricSpec, v: dict[str, float | None], ctx: QueryContext) -> Check | None:
+    """maxBaselineDrop: the service's order rate now vs the same window before the rollout.
 
-
-def exceeds(observed: float, bound: float, n: float, *, above: bool) -> bool:
-    """Is the proportion `observed` (from `n` trials) significantly above (or below) `bound`?"""
-    if (observed <= bound) if above else (observed >= bound):
-        return False
-    p0 = min(max(bound, 1e-6), 1 - 1e-6)
-    sd = math.sqrt(p0 * (1 - p0) / max(n, 1.0))
-    return abs(observed - bound) > Z_99 * sd
-
-
-def _traffic_gate(requests: float | None, ctx: QueryContext) -> _Check | None:
-    """An inconclusive check when the canary had too little traffic to judge, else None."""
-    if requests is None:
-        return _Check(
-            "inconclusive", f"no data: no requests recorded for canary revision {ctx.canary_revision}"
+    A plain threshold, not a sequential test: it compares two different times, whose difference is
+    mostly not sampling noise (time of day, campaigns), so a coarse bound with failureLimit fits it.
+    """
+    if metric.max_baseline_drop is None:
+        return None
+    now, baseline = num(v.get(ORDER_RATE)), num(v.get(BASELINE_ORDER_RATE))
+    if now is None:
+        return Check("inconclusive", f"no data: no orders recorded for service {ctx.service}")
+    if ctx.rollout_started_at is None or baseline is None or baseline <= 0:
+        why = (
+            "rollout start unknown"
+            if ctx.rollout_started_at is None
+            else "service had no orders in the window before the rollout"
         )
-    if requests < ctx.min_requests:
-        return _Check(
-            "inconclusive",
-            f"too little traffic: {requests:.0f} requests < minRequests {ctx.min_requests}",
-        )
-    return None
+        return Check("inconclusive", f"maxBaselineDrop not checked: {why}", reference_missing=True)
+    drop = 1 - now / baseline
+    ok = drop <= metric.max_baseline_drop
+    return Check(
+        "pass" if ok else "fail",
+        f"service orders {now:.3g}/s vs {baseline:.3g}/s before the rollout: "
+        f"drop {pct(drop)} {'≤' if ok else '>'} maxBaselineDrop {pct(metric.max_baseline_drop)}",
+    )
 
 
-def _error_ratio_checks(metric: MetricSpec, v: dict[str, float | None], ctx: QueryContext) -> list[_Check]:
-    gate = _traffic_gate(v.get(CANARY_REQUESTS), ctx)
-    if gate is not None:
-        return [gate]
-    share, stable = v.get(CANARY_ERROR_RATIO), v.get(STABLE_ERROR_RATIO)
-    if share is None:
-        return [_Check("inconclusive", "no data: canary 5xx share could not be computed")]
-    context = f" (stable {_pct(stable)})" if stable is not None else " (stable: no data)"
-    n = v.get(CANARY_REQUESTS) or 0.0
-    checks: list[_Check] = []
-    if metric.max_ratio is not None:
-        ok = not exceeds(share, metric.max_ratio, n, above=True)
-        op = "≤" if share <= metric.max_ratio else ("> (within noise)" if ok else ">")
-        msg = f"canary 5xx {_pct(share)} {op} maxRatio {_pct(metric.max_ratio)}{context}"
-        checks.append(_Check("pass" if ok else "fail", msg))
-    limit = metric.max_increase_over_stable
-    if limit is not None:
-        if stable is None:
-            msg = "maxIncreaseOverStable not checked: no stable traffic in the window"
-            checks.append(_Check("inconclusive", msg, reference_missing=True))
-        else:
-            increase = share - stable
-            ok = not exceeds(share, min(stable + limit, 1.0), n, above=True)
-            op = "≤" if increase <= limit else ("> (within noise)" if ok else ">")
-            msg = (
-                f"canary 5xx {_pct(share)} is {_pct(increase)} over stable {_pct(stable)}, "
-                f"{op} maxIncreaseOverStable {_pct(limit)}"
-            )
-            checks.append(_Check("pass" if ok else "fail", msg))
-    return checks
+def baseline_drop(v: dict[str, float | None]) -> float | None:
+    now, baseline = num(v.get(ORDER_RATE)), num(v.get(BASELINE_ORDER_RATE))
+    return 1 - now / baseline if now is not None and baseline else None
 
 
-def _order_checks(metric: MetricSpec, v: dict[str, float | None], ctx: QueryContext) -> list[_Check]:
-    checks: list[_Check] = []
-    gate = _traffic_gate(v.get(CANARY_REQUESTS), ctx)
-    if gate is not None:
-        checks.append(gate)
-    if metric.max_drop is not None and gate is None:
-        canary, stable = v.get(CANARY_ORDERS_PER_REQUEST), v.get(STABLE_ORDERS_PER_REQUEST)
-        if canary is None:
-            checks.append(_Check("inconclusive", "no data: canary orders per request could not be computed"))
-        elif stable is None or stable <= 0:
-            why = "no stable traffic" if stable is None else "stable recorded no orders"
-            checks.append(_Check("inconclusive", f"maxDrop not checked: {why}", reference_missing=True))
-        else:
-            drop = 1 - canary / stable
-            n = v.get(CANARY_REQUESTS) or 0.0
-            # Orders per request is a proportion too: fail only on a drop beyond sampling noise.
-            ok = not exceeds(canary, stable * (1 - metric.max_drop), n, above=False)
-            op = "≤" if drop <= metric.max_drop else ("> (within noise)" if ok else ">")
-            checks.append(
-                _Check(
-                    "pass" if ok else "fail",
-                    f"canary orders per request {canary:.3g} vs stable {stable:.3g}: "
-                    f"drop {_pct(drop)} {op} maxDrop {_pct(metric.max_drop)}",
-                )
-            )
-    if metric.max_baseline_drop is not None:
-        now, baseline = v.get(ORDER_RATE), v.get(BASELINE_ORDER_RATE)
-        if now is None:
-            checks.append(_Check("inconclusive", f"no data: no orders recorded for service {ctx.service}"))
-        elif ctx.rollout_started_at is None or baseline is None or baseline <= 0:
-            why = (
-                "rollout start unknown"
-                if ctx.rollout_started_at is None
-                else "service had no orders in the window before the rollout"
-            )
-            msg = f"maxBaselineDrop not checked: {why}"
-            checks.append(_Check("inconclusive", msg, reference_missing=True))
-        else:
-            drop = 1 - now / baseline
-            ok = drop <= metric.max_baseline_drop
-            op = "≤" if ok else ">"
-            checks.append(
-                _Check(
-                    "pass" if ok else "fail",
-                    f"service orders {now:.3g}/s vs {baseline:.3g}/s before the rollout: "
-                    f"drop {_pct(drop)} {op} maxBaselineDrop {_pct(metric.max_baseline_drop)}",
-                )
-            )
-    return checks
-
-
-def _query_checks(metric: MetricSpec, value: float | None) -> list[_Check]:
+def _query_checks(metric: MetricSpec, value: float | None) -> list[Check]:
     if value is None:
-        return [_Check("inconclusive", "no data: query returned no number (empty result or NaN)")]
+        return [Check("inconclusive", "no data: query returned no number (empty result or NaN)")]
     if metric.min is not None and value < metric.min:
-        return [_Check("fail", f"value {value:.4g} < min {metric.min:g}")]
+        return [Check("fail", f"value {value:.4g} < min {metric.min:g}")]
     if metric.max is not None and value > metric.max:
-        return [_Check("fail", f"value {value:.4g} > max {metric.max:g}")]
-    return [_Check("pass", f"value {value:.4g} within {_bound(metric)}")]
+        return [Check("fail", f"value {value:.4g} > max {metric.max:g}")]
+    return [Check("pass", f"value {value:.4g} within {bound_text(metric)}")]
 
 
-def _bound(metric: MetricSpec) -> str:
+def bound_text(metric: MetricSpec) -> str:
     parts: list[str] = []
     if metric.kind == "errorRatio":
         if metric.max_ratio is not None:
@@ -365,46 +309,15 @@ def _bound(metric: MetricSpec) -> str:
     return ", ".join(parts)
 
 
-def _main_value(metric: MetricSpec, v: dict[str, float | None]) -> float | None:
-    if metric.kind == "errorRatio":
-        return v.get(CANARY_ERROR_RATIO)
-    if metric.kind == "query":
-        return v.get(QUERY_VALUE)
-    canary, stable = v.get(CANARY_ORDERS_PER_REQUEST), v.get(STABLE_ORDERS_PER_REQUEST)
-    if canary is not None and stable:
-        return 1 - canary / stable
-    now, baseline = v.get(ORDER_RATE), v.get(BASELINE_ORDER_RATE)
-    return 1 - now / baseline if now is not None and baseline else None
-
-
-def evaluate(
-    metric: MetricSpec, values: dict[str, float | None], ctx: QueryContext, now: datetime
-) -> Measurement:
-    """The verdict on one metric from the results of `queries_for` (missing keys count as no data).
-
-    Several sub-checks combine to the worst: fail > inconclusive > pass.
-    """
-    v = {name: _num(x) for name, x in values.items()}
-    if metric.kind == "errorRatio":
-        checks = _error_ratio_checks(metric, v, ctx)
-    elif metric.kind == "orderRateDrop":
-        checks = _order_checks(metric, v, ctx)
-    else:
-        checks = _query_checks(metric, v.get(QUERY_VALUE))
-    verdict, message = _combine(checks)
-    requests = v.get(CANARY_REQUESTS)
-    if metric.kind != "query" and requests is not None and requests >= ctx.min_requests:
-        message += f" [{requests:.0f} canary requests in {promql_duration(_window(metric, ctx))}]"
+def evaluate(metric: MetricSpec, values: dict[str, float | None], now: datetime) -> Measurement:
+    """The verdict on a custom `query` metric (a missing value counts as no data)."""
+    value = num(values.get(QUERY_VALUE))
+    verdict, message = combine(_query_checks(metric, value))
     return Measurement(
-        metric=metric.name,
-        verdict=verdict,
-        value=_main_value(metric, v),
-        bound=_bound(metric),
-        message=message,
-        time=now,
+        metric=metric.name, verdict=verdict, value=value, bound=bound_text(metric), message=message, time=now
     )
 
 
 def error_measurement(metric: MetricSpec, message: str, now: datetime) -> Measurement:
     """Prometheus could not answer: neither a pass nor evidence against the canary."""
-    return Measurement(metric=metric.name, verdict="error", bound=_bound(metric), message=message, time=now)
+    return Measurement(metric=metric.name, verdict="error", bound=bound_text(metric), message=message, time=now)

@@ -124,6 +124,12 @@ def _convert(node: Schema, defs: dict[str, Schema], *, keep_defaults: bool, path
         else:
             raise SchemaError(f"{path}: unsupported schema keyword {key!r}")
 
+    # JSON Schema 2020-12 (pydantic's gt/lt) gives numeric exclusive bounds; OpenAPI v3.0, which the
+    # API server speaks, wants the bound in minimum/maximum and a boolean flag.
+    for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+        if isinstance(out.get(flag), int | float) and not isinstance(out.get(flag), bool):
+            out[bound] = out[flag]
+            out[flag] = True
     if out.get("x-kubernetes-int-or-string"):
         out.pop("type", None)
         out.setdefault("pattern", DURATION_PATTERN)

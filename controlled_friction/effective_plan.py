@@ -34,7 +34,9 @@ How policies make a plan stricter (never looser):
      highest min-type). A same-named metric that measures something else is kept, and the policy's is
      added as `<policy>-<name>`. Analysis steps that list metrics explicitly also run the required ones.
   6. `maxAnalysisInterval`: `analysis_interval_seconds` = the smallest of the Rollout's interval and
-     every rule's.
+     every rule's. `maxQuiet`: `quiet_limit_seconds` = the smallest of the Rollout's `quietLimit` and every
+     rule's. `postPromotionWatch`: `post_promotion_watch_seconds` = the longest of the Rollout's and every
+     rule's (a required metric's `mode: enforce` also wins over the Rollout's `observe`).
 * Every step a policy added or changed lists `added_by: [{policy, rule}]`, naming each rule that asked
   for the change; `metric_sources` maps each metric to `rollout` and/or the policies that require it.
 """
@@ -135,12 +137,16 @@ def compute_effective_plan(spec: RolloutSpec, policies: list[NamedPolicy], ai_as
     metrics, metric_sources, required = _merge_metrics(spec.analysis.metrics, sources)
     _add_required_to_analysis_steps(steps, required)
     intervals = [s.rules.max_analysis_interval for s in sources if s.rules.max_analysis_interval is not None]
+    quiet = [s.rules.max_quiet for s in sources if s.rules.max_quiet is not None]
+    watch = [s.rules.post_promotion_watch for s in sources if s.rules.post_promotion_watch is not None]
     return EffectivePlan(
         steps=steps,
         policies=[p.name for p in ordered],
         metrics=metrics,
         metric_sources=metric_sources,
         analysis_interval_seconds=min([spec.analysis.interval, *intervals]),
+        quiet_limit_seconds=min([spec.analysis.quiet_limit, *quiet]),
+        post_promotion_watch_seconds=max([spec.analysis.post_promotion_watch, *watch]),
         approval_expiry_seconds=expiry,
         ai_assisted=ai_assisted,
     )
@@ -342,7 +348,10 @@ def _stricter(a: MetricSpec, b: MetricSpec) -> MetricSpec:
         values = [v for v in (getattr(a, field), getattr(b, field)) if v is not None]
         if values:
             update[field] = min(values) if field in _MAX_BOUNDS else max(values)
-    return a.model_copy(update=update)
+    merged = a.model_copy(update=update)
+    if "enforce" in (a.mode, b.mode):  # a shadow metric never weakens one a policy enforces
+        merged = merged.model_copy(update={"mode": "enforce"})
+    return merged
 
 
 def _free_name(wanted: str, taken: dict[str, int]) -> str:

@@ -21,7 +21,7 @@ from controlled_friction import names
 from controlled_friction.revision import revision_of
 
 # The contract's change-record annotation (ticket id or URL and a one-line summary of the change).
-ANN_CHANGE_RECORD = names.PREFIX + "change-record"
+ANN_CHANGE_RECORD = names.ANN_CHANGE_RECORD
 
 ChangeKind = Literal["added", "removed", "changed"]
 OPERATOR_LABELS = (names.LABEL_ROLLOUT, names.LABEL_TRACK, names.LABEL_REVISION)

@@ -6,8 +6,8 @@ import copy
 from typing import Any
 
 from controlled_friction import names
+from controlled_friction.decisions import ApplyDeployment, DeploymentObs, EnsureService
 from controlled_friction.models.rollout import RolloutSpec
-from controlled_friction.planner import ApplyDeployment, DeploymentObs, EnsureService
 
 
 def owner_reference(rollout: dict[str, Any]) -> dict[str, Any]:
@@ -86,4 +86,5 @@ def observe_deployment(dep: dict[str, Any] | None) -> DeploymentObs | None:
         available_replicas=int(status.get("availableReplicas") or 0),
         updated_replicas=int(status.get("updatedReplicas") or 0),
         up_to_date=int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0),
+        template=spec.get("template"),
     )

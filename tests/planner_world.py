@@ -10,7 +10,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from controlled_friction import names
+from controlled_friction import names, traffic_routing
+from controlled_friction.decisions import PatchRoute
 from controlled_friction.models.approval import ApprovalEntry, sign, verify
 from controlled_friction.models.policy import NamedPolicy
 from controlled_friction.models.rollout import Measurement, RolloutSpec, RolloutStatus
@@ -19,6 +20,7 @@ from controlled_friction.planner import (
     ApprovalObs,
     Decision,
     DeploymentObs,
+    EnsureService,
     InvalidPolicy,
     Observations,
     RolloutInput,
@@ -73,6 +75,12 @@ class World:
     ready: bool = True  # Deployments become ready immediately
     author_verified: bool = True  # the shell's check of the webhook's author signature
     last: Decision | None = None
+    # The HTTPRoute (spec.trafficRouting) as the watch shows it; PatchRoute actions are applied to it
+    # when `route_follows` (a missing route stays missing).
+    route: dict[str, Any] | None = None
+    route_follows: bool = True
+    route_writes: list[PatchRoute] = field(default_factory=list)
+    services: set[str] = field(default_factory=set)
 
     @property
     def revision(self) -> str:
@@ -106,6 +114,8 @@ class World:
             invalid_policies=self.invalid_policies,
             approvals=tuple(ApprovalObs(a, verify(a, KEY)) for a in self.approvals),
             author_verified=self.author_verified,
+            route=self.route,
+            track_services=frozenset(self.services),
         )
 
     def apply(self, decision: Decision) -> None:
@@ -127,6 +137,12 @@ class World:
                     self.stable = new
                 else:
                     self.canary = new
+            elif isinstance(a, EnsureService):
+                self.services.add(a.name)
+            elif isinstance(a, PatchRoute):
+                self.route_writes.append(a)
+                if self.route is not None and self.route_follows:
+                    self.route = traffic_routing.apply_json_patch(self.route, list(a.patch))
 
     def _dep(self, revision: str | None, replicas: int) -> DeploymentObs:
         ready = replicas if self.ready else 0

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from controlled_friction import admission, names
+from controlled_friction import admission, change_record, names
 from controlled_friction.admission import AdmissionInput
 from controlled_friction.models.approval import (
     ApprovalEntry,
@@ -251,7 +251,7 @@ def test_author_cannot_approve_own_change():
     assert not out.allowed
     assert out.text == (
         f"'alice' cannot approve revision {R2} of shop/checkout: they are its author (they last changed "
-        "spec.template); under the two-person rule someone else must approve"
+        "spec.template); under the two-person rule someone else must approve (no change record given)"
     )
     assert [p.code for p in out.problems] == [403]
 
@@ -280,7 +280,7 @@ def test_change_author_claimed_by_ci_cannot_approve():
     assert not out.allowed
     assert out.text == (
         f"'bob' cannot approve revision {R2} of shop/checkout: CI names them as the author of the change "
-        f"({names.ANN_CHANGE_AUTHOR}); under the two-person rule someone else must approve"
+        f"({names.ANN_CHANGE_AUTHOR}); under the two-person rule someone else must approve (no change record given)"
     )
     assert approve("alice", obj).allowed
 
@@ -292,7 +292,8 @@ def test_engineer_who_is_not_senior_cannot_approve(user: str):
     assert not out.allowed
     assert out.text == (
         f"{user!r} may not approve shop/checkout: approvals must come from a member of senior-engineers "
-        f"(the default when no policy names approver groups); {user!r} is in engineers, system:authenticated"
+        f"(the default when no policy names approver groups); {user!r} is in engineers, system:authenticated "
+        "(no change record given)"
     )
 
 
@@ -302,7 +303,8 @@ def test_same_person_cannot_approve_twice():
     out = approve("alice", obj)
     assert not out.allowed
     assert out.text == (
-        f"'alice' has already approved revision {R2} of shop/checkout; the next approval must come from another person"
+        f"'alice' has already approved revision {R2} of shop/checkout; the next approval must come from another "
+        "person (no change record given)"
     )
 
 
@@ -630,7 +632,7 @@ def test_policy_matching_by_namespace_labels_sets_the_approver_groups():
     assert not out.allowed
     assert out.text == (
         "'alice' may not approve shop/checkout: approvals must come from a member of sre (policy critical); "
-        "'alice' is in senior-engineers, system:authenticated"
+        "'alice' is in senior-engineers, system:authenticated (no change record given)"
     )
     assert approve("erin", rollout(), policies=policies, ns_labels=labels).allowed
     # The same policy does not match a namespace without the label: the default applies.
@@ -869,3 +871,228 @@ def test_policy_spec_messages():
     assert line.startswith("spec.aiAssisted.requiredMetrics[0].query: query is not valid PromQL")
     op = names.OPERATOR_USERNAME
     assert admission.validate_policy(AdmissionInput("CREATE", op, GROUPS[op], None, {"spec": {}})) == []
+
+
+# ---------------------------------------------------------------- deleting a critical Rollout
+
+UID = "6f1c2a52-0000-4000-8000-000000000001"
+DELETION = policy("critical", {
+    "selector": {"rolloutSelector": {"matchLabels": {names.LABEL_TIER: "critical"}}},
+    "rules": {"deletion": {"count": 2, "approverGroups": [names.SENIOR_GROUP], "expiry": "1h"}},
+})
+
+
+def live(obj: dict[str, Any] | None = None, uid: str = UID, critical: bool = True) -> dict[str, Any]:
+    out = copy.deepcopy(obj or rollout(labels={names.LABEL_TIER: "critical"} if critical else {}))
+    out["metadata"]["uid"] = uid
+    return out
+
+
+def approve_delete(user: str, obj: dict[str, Any], value: str = UID, **kw: Any) -> Outcome:
+    kw.setdefault("policies", [DELETION])
+    return admit(user, obj, edit(obj, approve_delete=value), **kw)
+
+
+def delete_approved(obj: dict[str, Any], *users: str, now: datetime = NOW) -> dict[str, Any]:
+    for user in users:
+        out = approve_delete(user, obj, now=now)
+        assert out.allowed, out.text
+        obj = out.obj
+    return obj
+
+
+def delete(user: str, obj: dict[str, Any], *, now: datetime = NOW, terminating: bool = False,
+           policies: list[NamedPolicy] | None = None) -> list[admission.Problem]:
+    req = AdmissionInput("DELETE", user, GROUPS[user], obj, None)
+    return admission.validate_rollout_delete(req, KEY, [DELETION] if policies is None else policies, {}, now,
+                                             terminating)
+
+
+def delete_entries(obj: dict[str, Any]) -> list[ApprovalEntry]:
+    entries, problems = parse_record(obj["metadata"]["annotations"].get(names.ANN_DELETE_APPROVALS))
+    assert problems == []
+    return entries
+
+
+def test_approve_delete_becomes_a_signed_entry_bound_to_the_uid():
+    obj = live()
+    out = approve_delete("alice", obj)
+    assert out.allowed, out.text
+    assert names.ANN_APPROVE_DELETE not in out.obj["metadata"]["annotations"]
+    [entry] = delete_entries(out.obj)
+    assert (entry.user, entry.revision, entry.rollout) == ("alice", f"delete:{UID}", "shop/checkout")
+    assert verify(entry, KEY)
+    req = AdmissionInput("UPDATE", "alice", GROUPS["alice"], obj, out.obj)
+    [note] = admission.acceptance_notes(req)
+    assert "approval to delete shop/checkout" in note and "alice" in note
+
+
+def test_a_critical_rollout_is_deleted_only_with_two_approvals_from_others():
+    obj = live()
+    [none] = delete("dave", obj)
+    assert "deleting Rollout shop/checkout (and its Deployments) needs approval by others first" in none.message
+    assert "counted none" in none.message and "2 more from senior-engineers" in none.message
+    assert "controlled-friction approve-delete checkout -n shop" in none.message
+    assert none.code == 403
+    one = delete_approved(obj, "alice")
+    tried("delete with one approval")
+    assert delete("dave", one)
+    two = delete_approved(one, "bob")
+    assert delete("dave", two) == []
+    tried("delete approved by the requester")
+    [own] = delete("alice", two)
+    assert "counted bob" in own.message and "your own approval does not count" in own.message
+    assert delete("carol", two) == []
+
+
+def test_a_non_critical_rollout_deletes_as_before():
+    assert delete("dave", live(critical=False)) == []
+    assert delete("dave", live(), policies=[]) == []
+
+
+def test_deletion_approvals_expire():
+    tried("expired deletion approvals")
+    obj = delete_approved(live(), "alice", "bob")
+    assert delete("dave", obj, now=NOW + timedelta(minutes=59)) == []
+    [late] = delete("dave", obj, now=NOW + timedelta(minutes=61))
+    assert "within 1h" in late.message
+
+
+def test_a_recreated_rollout_of_the_same_name_needs_new_approvals():
+    tried("deletion approvals of an earlier Rollout of the same name")
+    obj = delete_approved(live(), "alice", "bob")
+    again = copy.deepcopy(obj)
+    again["metadata"]["uid"] = "another-uid"
+    assert delete("dave", again)
+
+
+def test_deletion_approvals_written_by_hand_or_copied_are_refused_and_never_count():
+    obj = live()
+    forged = sign(ApprovalEntry(user="alice", groups=sorted(GROUPS["alice"]), revision=f"delete:{UID}", time=NOW,
+                                rollout="shop/checkout"), b"guessed")
+    for variant, entry in [
+        ("hand-written deletion approval", forged),
+        ("deletion approval of another Rollout", signed("alice", f"delete:{UID}", rollout_="shop/other")),
+        ("a revision approval passed off as a deletion approval", signed("alice", R2)),
+        ("deletion approval in another's name", signed("bob", f"delete:{UID}")),
+    ]:
+        tried(variant)
+        out = admit("alice", obj, edit(obj, delete_approvals=record(entry)), policies=[DELETION])
+        assert not out.allowed and names.ANN_DELETE_APPROVALS in out.text, variant
+        bypassed = edit(obj, delete_approvals=record(entry))  # written while the webhook was bypassed
+        assert delete("dave", bypassed), variant
+    approved_ = delete_approved(obj, "alice")
+    tried("deletion approvals removed")
+    out = admit("dave", approved_, edit(approved_, delete_approvals=None), policies=[DELETION])
+    assert not out.allowed and "cannot be edited" in out.text
+
+
+def test_who_may_approve_a_deletion():
+    obj = live()
+    tried("engineer approves a deletion")
+    out = approve_delete("dave", obj)
+    assert not out.allowed and "'dave' may not approve deleting shop/checkout" in out.text
+    tried("same person approves a deletion twice")
+    out = approve_delete("alice", delete_approved(obj, "alice"))
+    assert not out.allowed and "'alice' has already approved deleting shop/checkout" in out.text
+    out = approve_delete("alice", obj, value="not-the-uid")
+    assert not out.allowed and f"does not name the uid {UID}" in out.text
+    assert [p.code for p in out.problems] == [422]
+    out = approve_delete("alice", live(critical=False))
+    assert not out.allowed and "can be deleted without one" in out.text
+
+
+def test_approvers_from_other_groups_do_not_count_for_a_deletion():
+    sre = policy("sre", {"selector": {"rolloutSelector": {"matchLabels": {names.LABEL_TIER: "critical"}}},
+                         "rules": {"deletion": {"count": 1, "approverGroups": ["sre"]}}})
+    obj = live()
+    for user in ("alice", "bob", "erin"):
+        out = approve_delete(user, obj, policies=[DELETION, sre])
+        assert out.allowed, out.text
+        obj = out.obj
+    assert delete("dave", obj, policies=[DELETION, sre]) == []
+    without_erin = copy.deepcopy(obj)
+    without_erin["metadata"]["annotations"][names.ANN_DELETE_APPROVALS] = record(*delete_entries(obj)[:2])
+    [problem] = delete("dave", without_erin, policies=[DELETION, sre])
+    assert "1 more from sre" in problem.message
+
+
+def test_a_terminating_namespace_removes_its_rollouts_unasked():
+    assert delete("dave", live(), terminating=True) == []
+
+
+# ---------------------------------------------------------------- change records
+
+RECORDS = policy("records", {
+    "selector": {"rolloutSelector": {"matchLabels": {names.LABEL_TIER: "critical"}}},
+    "rules": {"requireChangeRecord": True},
+})
+GOOD_RECORD = "CHG-1234 raise the checkout pool size to 20"
+
+
+def critical(annotations: dict[str, str] | None = None, tmpl: dict[str, Any] = V2) -> dict[str, Any]:
+    return rollout(tmpl, labels={names.LABEL_TIER: "critical"}, annotations=annotations)
+
+
+@pytest.mark.parametrize("value", [GOOD_RECORD, "https://jira.example.com/browse/CHG-1 rotate the TLS keys",
+                                   "OPS_SEC-7   fix the order drop on Fridays"])
+def test_good_change_records(value: str):
+    parsed, wrong = change_record.parse(value)
+    assert wrong is None and parsed is not None
+    assert (parsed.reference, parsed.summary) == tuple(part.strip() for part in value.split(" ", 1))
+
+
+def test_a_critical_template_change_needs_a_change_record():
+    old = critical()
+    out = admit("dave", old, with_template(old, V3), policies=[RECORDS])
+    assert not out.allowed
+    assert out.text.startswith("shop/checkout: this change of spec.template")
+    assert "required by policy records" in out.text and names.ANN_CHANGE_RECORD in out.text
+    assert [p.code for p in out.problems] == [403]
+    ok = admit("dave", old, edit(with_template(old, V3), change_record=GOOD_RECORD), policies=[RECORDS])
+    assert ok.allowed, ok.text
+    created = admit("dave", None, critical(), policies=[RECORDS])
+    assert not created.allowed and "needs a change record" in created.text
+
+
+def test_change_records_are_not_needed_elsewhere_or_without_a_template_change():
+    old = rollout()
+    assert admit("dave", old, with_template(old, V3), policies=[RECORDS]).allowed
+    crit = critical()
+    assert admit("dave", crit, edit(crit, note="x"), policies=[RECORDS]).allowed
+
+
+def test_ai_assisted_rules_can_require_a_change_record():
+    ai = policy("ai", {"selector": {"rolloutSelector": {"matchLabels": {names.LABEL_TIER: "critical"}}},
+                       "aiAssisted": {"requireChangeRecord": True}})
+    old = critical()
+    assert admit("dave", old, with_template(old, V3), policies=[ai]).allowed
+    marked = edit(with_template(old, V3), ai_assisted="true")
+    out = admit("dave", old, marked, policies=[ai])
+    assert not out.allowed and "required by policy ai" in out.text
+
+
+def test_a_malformed_change_record_is_refused_wherever_it_is_written():
+    old = rollout()
+    out = admit("dave", old, edit(old, change_record="fixed stuff"))
+    assert not out.allowed and out.text.startswith(names.ANN_CHANGE_RECORD)
+    assert [p.code for p in out.problems] == [422]
+
+
+def test_approvers_see_the_change_record_in_the_answer():
+    obj = critical({names.ANN_CHANGE_RECORD: GOOD_RECORD})
+    out = approve("alice", obj)
+    assert out.allowed, out.text
+    req = AdmissionInput("UPDATE", "alice", GROUPS["alice"], obj, out.obj)
+    assert admission.acceptance_notes(req) == [
+        f"approval of revision {R2} of shop/checkout recorded for alice (change record: {GOOD_RECORD})"
+    ]
+    refused = approve("dave", obj)
+    assert not refused.allowed and f"(change record: {GOOD_RECORD})" in refused.text
+
+
+def test_a_change_record_kept_across_a_template_change_is_pointed_out():
+    old = critical({names.ANN_CHANGE_RECORD: GOOD_RECORD})
+    out = admit("dave", old, with_template(old, V3), policies=[RECORDS])
+    assert out.allowed, out.text
+    assert any("same as for the previous revision" in w for w in out.warnings)

@@ -2,7 +2,9 @@
 
 All scenarios share one Prometheus and one exporter and fill their rate windows at the same time:
 stable traffic first (so the pre-rollout baseline window holds data), then every canary starts at
-one instant, which is each scenario's `rollout_started_at`.
+one instant, which is each scenario's `rollout_started_at`. Each measurement is a few looks a
+couple of seconds apart, the analysis state carried from look to look as the planner keeps it: the
+sequential tests take exact counter differences between looks.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from datetime import UTC, datetime
 import pytest
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
-from controlled_friction.adapters.prometheus import PrometheusClient, measure
+from controlled_friction.adapters.prometheus import PrometheusClient
 from controlled_friction.analysis import QueryContext
 from controlled_friction.models.rollout import Measurement, MetricSpec
+from controlled_friction.operator.reconcile import measure
 from tests.e2e.waiting import wait_for
 from tests.prometheus_server import running_prometheus
 
@@ -34,6 +37,7 @@ pytestmark = [
 NAMESPACE = "cf-test"
 WINDOW = 10.0  # seconds; scrape interval is 1 s, so ~10 samples per rate window
 FULL_WINDOW_SAMPLES = 9
+LOOK_SPACING = 2.0  # seconds between looks (the default analysis interval; scrapes every 1 s)
 
 ERRORS = MetricSpec(name="errors", kind="errorRatio", max_ratio=0.02, max_increase_over_stable=0.01)
 ORDERS = MetricSpec(name="orders", kind="orderRateDrop", max_drop=0.2, max_baseline_drop=0.5)
@@ -158,8 +162,17 @@ class World:
             rollout_started_at=self.started_at,
         )
 
-    def measure(self, scenario: str) -> dict[str, Measurement]:
-        out = measure(self.client, METRICS, self.ctx(scenario), datetime.now(UTC))
+    def measure(self, scenario: str, looks: int = 2, until: str | None = None) -> dict[str, Measurement]:
+        """The verdicts of the last of `looks` looks LOOK_SPACING apart (or of the first where the
+        metric `until` fails)."""
+        state = None
+        out: list[Measurement] = []
+        for i in range(looks):
+            if i:
+                time.sleep(LOOK_SPACING)
+            out, state = measure(self.client, METRICS, self.ctx(scenario), datetime.now(UTC), state)
+            if until is not None and any(m.metric == until and m.verdict == "fail" for m in out):
+                break
         return {m.metric: m for m in out}
 
 
@@ -222,18 +235,19 @@ def test_healthy_canary_passes(world: World) -> None:
     assert m["canary-rps"].value == pytest.approx(2.0, rel=0.2)
 
 
-def test_canary_with_30_percent_5xx_fails(world: World) -> None:
-    m = world.measure("errors")["errors"]
-    assert m.verdict == "fail"
+def test_canary_with_30_percent_5xx_fails_on_its_first_look(world: World) -> None:
+    m = world.measure("errors", looks=1)["errors"]
+    assert m.verdict == "fail" and m.decisive  # counted from the canary's start: no second look needed
     assert m.value == pytest.approx(0.3, abs=0.01)
-    assert "canary 5xx 30.0% > maxRatio 2.0% (stable 0.4%)" in m.message
+    assert "canary 5xx 30.0% of" in m.message and "maxRatio 0.02 violated" in m.message
 
 
 def test_canary_losing_99_percent_of_orders_at_5_percent_weight_fails(world: World) -> None:
-    m = world.measure("orders")
-    assert m["orders"].verdict == "fail"
+    # 2 canary requests/s next to 38 on stable: ~30 canary requests of evidence are needed
+    m = world.measure("orders", looks=12, until="orders")
+    assert m["orders"].verdict == "fail" and m["orders"].decisive, m["orders"].message
     assert m["orders"].value == pytest.approx(0.99, abs=0.005)
-    assert "> maxDrop 20.0%" in m["orders"].message
+    assert "maxDrop 0.2 violated" in m["orders"].message
     # the service-wide total hardly moves, which is why the per-request comparison exists
     assert "≤ maxBaselineDrop" in m["orders"].message
     assert m["errors"].verdict == "pass"
@@ -241,31 +255,31 @@ def test_canary_losing_99_percent_of_orders_at_5_percent_weight_fails(world: Wor
 
 def test_service_order_collapse_fails_against_the_pre_rollout_baseline(world: World) -> None:
     m = world.measure("collapse")["orders"]
-    assert m.verdict == "fail"
+    assert m.verdict == "fail" and not m.decisive  # a plain threshold: failureLimit applies
     assert "> maxBaselineDrop 50.0%" in m.message and "before the rollout" in m.message
 
 
-def test_canary_revision_without_series_is_inconclusive(world: World) -> None:
+def test_canary_revision_without_series_is_quiet(world: World) -> None:
     m = world.measure("unseen")
     assert {k: v.verdict for k, v in m.items()} == {
-        "errors": "inconclusive",
-        "orders": "inconclusive",
-        "canary-rps": "inconclusive",
+        "errors": "quiet",
+        "orders": "quiet",
+        "canary-rps": "inconclusive",  # a custom query without data is not quiet: no data
     }
-    assert m["errors"].message.startswith("no data")
+    assert m["errors"].message.startswith("quiet: no requests reached canary revision unseen-canary")
 
 
-def test_canary_revision_without_requests_is_inconclusive(world: World) -> None:
+def test_canary_revision_without_requests_is_quiet(world: World) -> None:
     m = world.measure("idle")
-    assert m["errors"].verdict == "inconclusive"
-    assert m["errors"].message == "too little traffic: 0 requests < minRequests 10"
-    assert m["orders"].verdict == "inconclusive"
+    assert m["errors"].verdict == "quiet"
+    assert m["errors"].message.startswith("quiet: 0 canary requests so far < minRequests 10")
+    assert m["orders"].verdict == "quiet"
     assert m["canary-rps"].verdict == "fail"  # the custom query sees 0 rps < min 1
 
 
 def test_query_prometheus_rejects_is_an_error_with_its_reason(world: World) -> None:
     broken = MetricSpec(name="broken", kind="query", query="sum(rate(x[{{window}}])", max=1)
-    [m] = measure(world.client, [broken], world.ctx("healthy"), datetime.now(UTC))
+    [m], _ = measure(world.client, [broken], world.ctx("healthy"), datetime.now(UTC))
     assert m.verdict == "error"
     assert "parse error" in m.message and "sum(rate(x[10s])" in m.message
 
@@ -277,10 +291,10 @@ def test_stopped_prometheus_gives_error_verdicts_not_exceptions() -> None:
     try:
         with running_prometheus([exporter.target]) as url:
             client = PrometheusClient(url, timeout=2.0)
-            up = measure(client, METRICS, ctx, datetime.now(UTC))
+            up, _ = measure(client, METRICS, ctx, datetime.now(UTC))
             assert all(m.verdict != "error" for m in up), [m.message for m in up]
         # the context manager has stopped that Prometheus
-        down = measure(client, METRICS, ctx, datetime.now(UTC))
+        down, _ = measure(client, METRICS, ctx, datetime.now(UTC))
     finally:
         exporter.close()
     assert [m.metric for m in down] == ["errors", "orders", "canary-rps"]
@@ -306,7 +320,7 @@ def test_hung_prometheus_times_out_with_one_bounded_retry_and_no_more_calls() ->
         port = listener.getsockname()[1]
         client = PrometheusClient(f"http://127.0.0.1:{port}", timeout=0.3)
         ctx = QueryContext(NAMESPACE, "solo", "solo", "solo-canary", None, WINDOW, 5.0, 10, None)
-        out = measure(client, METRICS, ctx, datetime.now(UTC))
+        out, _ = measure(client, METRICS, ctx, datetime.now(UTC))
         assert [m.verdict for m in out] == ["error", "error", "error"]
         assert "timed out" in out[0].message
         # 2 attempts for the first query, then the remaining metrics are not queried at all

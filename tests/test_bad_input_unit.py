@@ -29,8 +29,10 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from controlled_friction import admission, errors, names
+from controlled_friction.models.approval import sign_author
+from controlled_friction.models.policy import FrictionPolicySpec, NamedPolicy
 from controlled_friction.models.rollout import RolloutSpec, RolloutStatus
-from controlled_friction.operator.reconcile import parse_policies
+from controlled_friction.operator.world import parse_policies
 from controlled_friction.planner import (
     Decision,
     Observations,
@@ -39,6 +41,7 @@ from controlled_friction.planner import (
     invalid,
     plan,
 )
+from controlled_friction.revision import revision_of
 
 NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 KEY = b"bad-input-test-key-0123456789abcdef"
@@ -148,6 +151,10 @@ def rename(new: str) -> Edit:
     return put("metadata", "name", value=new)
 
 
+def change_record(value: str) -> Edit:
+    return put("metadata", "annotations", value={names.ANN_CHANGE_RECORD: value})
+
+
 @dataclass(frozen=True)
 class BadInput:
     id: str
@@ -156,8 +163,10 @@ class BadInput:
     # What the message must mention so a person knows where to look (a field path, or the rule).
     names_: tuple[str, ...]
     # "spec": the pure checks see it; "meta": only the API server checks it (names, annotation size);
-    # "workload": only the API server's checks of the Deployment the operator would create see it.
-    layer: Literal["spec", "meta", "workload"] = "spec"
+    # "workload": only the API server's checks of the Deployment the operator would create see it;
+    # "record": only admission checks it (a change record is the people's part: a malformed one that got
+    # in with the webhook bypassed is shown as it is, and the operator does not hold the rollout for it).
+    layer: Literal["spec", "meta", "workload", "record"] = "spec"
     rejected_by_schema: bool = field(default=False)  # informational; the e2e test finds out for real
 
     def build(self, name: str, namespace: str = "default", ns_label: str = "never-matches") -> dict[str, Any]:
@@ -247,6 +256,27 @@ ROLLOUT_CASES: list[BadInput] = [
     BadInput("annotation-huge", R, put("metadata", "annotations", value={"note": "x" * 300_000}),
              ("metadata.annotations",), layer="meta"),
 ]
+CHG = names.ANN_CHANGE_RECORD
+RECORD_CASES: list[BadInput] = [
+    BadInput("change-record-empty", R, change_record(""), (CHG, "empty"), layer="record"),
+    BadInput("change-record-blank", R, change_record("   "), (CHG, "empty"), layer="record"),
+    BadInput("change-record-ticket-only", R, change_record("CHG-1234"), (CHG, "summary"), layer="record"),
+    BadInput("change-record-summary-only", R, change_record("fixed the checkout bug"), (CHG, "ticket id"),
+             layer="record"),
+    BadInput("change-record-summary-too-short", R, change_record("CHG-1 fix"), (CHG, "summary"), layer="record"),
+    BadInput("change-record-two-lines", R, change_record("CHG-1 fix the order drop\nand the latency"),
+             (CHG, "one line"), layer="record"),
+    BadInput("change-record-too-long", R, change_record("CHG-1 " + "x" * 400), (CHG, "300"), layer="record"),
+    BadInput("change-record-not-http", R, change_record("ftp://tickets/1 rotate the TLS keys"), (CHG, "ticket id"),
+             layer="record"),
+    BadInput("change-record-placeholder", R, change_record("<TICKET-ID> <one-line summary>"), (CHG, "ticket id"),
+             layer="record"),
+    BadInput("change-record-ticket-without-number", R, change_record("CHG-next rotate the TLS keys"),
+             (CHG, "ticket id"), layer="record"),
+    BadInput("change-record-summary-no-words", R, change_record("CHG-12 1234567890"), (CHG, "summary"),
+             layer="record"),
+]
+ROLLOUT_CASES += RECORD_CASES
 
 POLICY_CASES: list[BadInput] = [
     BadInput("policy-selector-missing", P, drop("spec", "selector"), ("spec.selector",)),
@@ -387,6 +417,26 @@ def test_a_template_the_api_server_refuses_makes_the_rollout_invalid():
     assert decision.status.phase == "Invalid"
     assert mentions(decision.status.message, case) and why in decision.status.message
     assert _no_workload_actions(decision)
+
+
+@pytest.mark.parametrize("case", RECORD_CASES, ids=lambda c: c.id)
+def test_admission_refuses_a_malformed_change_record(case: BadInput):
+    message = admission_message(case.build("bad"))
+    assert message and mentions(message, case), f"{case.id}: {message!r}"
+
+
+def test_a_policy_can_require_a_change_record_on_every_template_change():
+    policy = NamedPolicy(name="records", spec=FrictionPolicySpec.model_validate({
+        "selector": {"namespaceSelector": {"matchLabels": {"tier": "critical"}}},
+        "rules": {"requireChangeRecord": True},
+    }))
+    obj = valid_rollout()
+    obj["metadata"]["annotations"] = {names.ANN_AUTHOR: "dave", names.ANN_AUTHOR_SIGNATURE: sign_author(
+        "default/bad", revision_of(obj["spec"]["template"]), "dave", KEY)}
+    req = admission.AdmissionInput("CREATE", "dave", ("engineers",), None, obj)
+    [problem] = admission.validate_rollout(req, KEY, [policy], {"tier": "critical"}, NOW)
+    assert names.ANN_CHANGE_RECORD in problem.message and "required by policy records" in problem.message
+    assert admission.validate_rollout(req, KEY, [policy], {}, NOW) == []
 
 
 def test_an_invalid_spec_never_loses_what_the_status_knew():

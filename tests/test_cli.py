@@ -23,7 +23,7 @@ from controlled_friction.revision import revision_of
 runner = CliRunner()
 TEMPLATE = {"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "a", "image": "a:2"}]}}
 REV = revision_of(TEMPLATE)
-CLUSTER_COMMANDS = ("status", "explain", "history", "approve", "promote", "abort", "retry")
+CLUSTER_COMMANDS = ("status", "explain", "history", "approve", "approve-delete", "promote", "abort", "retry")
 
 
 def invoke(*args: str) -> Any:
@@ -90,6 +90,7 @@ def test_other_commands_have_help(args: tuple[str, ...]) -> None:
     "args",
     [
         ("approve",),
+        ("approve-delete",),
         ("explain",),
         ("history",),
         ("promote",),
@@ -258,3 +259,21 @@ def test_action_hints() -> None:
     assert "rolled-back" in (actions.action_hint(obj({"phase": "Healthy"}), "retry") or "")
     assert actions.action_hint(obj({"phase": "RolledBack"}), "retry") is None
     assert "no canary" in (actions.action_hint(obj({"phase": "Healthy"}), "abort") or "")
+
+
+def test_approve_delete_annotates_the_rollouts_uid() -> None:
+    from controlled_friction import names
+    from controlled_friction.cli import actions
+
+    class Kube:
+        patched: dict[str, Any] = {}
+
+        def get_rollout(self, namespace: str, name: str) -> dict[str, Any]:
+            return {"metadata": {"name": name, "namespace": namespace, "uid": "u-1"}}
+
+        def patch_rollout_annotations(self, namespace: str, name: str, changes: dict[str, Any]) -> None:
+            self.patched = changes
+
+    kube = Kube()
+    assert actions.approve_delete(kube, "shop", "checkout") == "u-1"  # type: ignore[arg-type]
+    assert kube.patched == {names.ANN_APPROVE_DELETE: "u-1"}

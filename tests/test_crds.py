@@ -220,7 +220,7 @@ def test_open_parts_preserve_unknown_fields() -> None:
 
 def test_durations_are_int_or_string_with_defaults_in_wire_form() -> None:
     analysis = _root_schema(_crds()["Rollout"])["properties"]["spec"]["properties"]["analysis"]["properties"]
-    assert analysis["interval"]["default"] == "10s"
+    assert analysis["interval"]["default"] == "2s"
     assert analysis["window"]["default"] == "1m"
     assert analysis["interval"]["x-kubernetes-int-or-string"] is True
     policy = _root_schema(_crds()["FrictionPolicy"])["properties"]["spec"]["properties"]
@@ -290,7 +290,7 @@ def test_spec_defaults_validate_with_the_models() -> None:
         "analysis": {},
     }
     defaulted = _apply_defaults(rollout, _root_schema(_crds()["Rollout"])["properties"]["spec"])
-    assert defaulted["analysis"]["interval"] == "10s"
+    assert defaulted["analysis"]["interval"] == "2s"
     assert defaulted["strategy"]["canary"]["steps"][1]["analysis"]["duration"] == "1m"
     assert RolloutSpec.model_validate(defaulted) == RolloutSpec.model_validate(rollout)
 

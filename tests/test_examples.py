@@ -107,3 +107,13 @@ def test_gateway_example_routes_its_rollout_and_keeps_the_users_rule() -> None:
     assert traffic_routing.route_weights(after, stable, canary).weight == 5  # type: ignore[union-attr]
     # Every weight step is exact with a router, including above 50% and with only 4 replicas.
     assert any((s.set_weight or 0) > 50 for s in spec.strategy.canary.steps)
+
+
+def test_the_critical_example_carries_a_valid_change_record_and_its_policy_guards_deletion() -> None:
+    from controlled_friction import change_record
+
+    record = _example("rollout-critical.yaml")["metadata"]["annotations"][names.ANN_CHANGE_RECORD]
+    assert change_record.parse(record)[1] is None
+    policy = FrictionPolicySpec.model_validate(_example("frictionpolicy-critical.yaml")["spec"])
+    assert policy.rules.require_change_record
+    assert policy.rules.deletion is not None and policy.rules.deletion.count == 2

@@ -265,6 +265,12 @@ def test_operator_rbac_is_least_privilege(helm: Path) -> None:
     assert {tuple(r["verbs"]): r.get("resourceNames") for r in webhook_rules} == {
         ("create",): None, ("get", "patch", "update"): [MANAGED_NAME],
     }
+    # Gateway API: routes are read and weight-patched, never created or deleted; Services are watched.
+    routes = [r for r in _rules(role) if r["apiGroups"] == ["gateway.networking.k8s.io"]]
+    assert routes == [{"apiGroups": ["gateway.networking.k8s.io"], "resources": ["httproutes"],
+                       "verbs": ["get", "list", "watch", "patch"]}]
+    services = [r for r in _rules(role) if r["resources"] == ["services"]]
+    assert services[0]["verbs"] == ["get", "list", "watch", "create"]
     peering = [r for r in _rules(role) if r["apiGroups"] == ["kopf.dev"]]
     assert {"patch"} & set(peering[1]["verbs"]) and peering[1]["resourceNames"] == ["controlled-friction"]
 

@@ -73,7 +73,7 @@ def test_canary_replicas_formula_realises_weight():
 
 
 def test_approval_gate_counts_only_verified_distinct_non_author_approvals():
-    w = deployed([{"setWeight": 5}, {"pause": {"duration": "10s"}}, {"setWeight": 50}])
+    w = deployed([{"setWeight": 10}, {"pause": {"duration": "10s"}}, {"setWeight": 50}])
     w.labels = {names.LABEL_TIER: "critical"}
     w.policies = (CRITICAL,)
     w.annotations[names.ANN_AUTHOR] = "carol"
@@ -107,7 +107,7 @@ def test_approval_gate_counts_only_verified_distinct_non_author_approvals():
 def test_no_approval_counts_while_the_author_is_not_verified():
     """A template changed behind the webhook's back (break-glass) has no signed author, so nobody
     can be excluded: the gate stays shut even with two valid approvals, and says why."""
-    w = deployed([{"setWeight": 5}, {"setWeight": 50}])
+    w = deployed([{"setWeight": 10}, {"setWeight": 50}])
     w.labels = {names.LABEL_TIER: "critical"}
     w.policies = (CRITICAL,)
     w.annotations[names.ANN_AUTHOR] = "alice"  # claimed; the real author may be bob or anyone
@@ -145,7 +145,7 @@ def test_an_invalid_matching_policy_holds_the_canary_untouched():
 
 
 def test_expired_approval_does_not_count():
-    w = deployed([{"setWeight": 5}, {"setWeight": 50}])
+    w = deployed([{"setWeight": 10}, {"setWeight": 50}])
     w.labels = {names.LABEL_TIER: "critical"}
     w.policies = (CRITICAL,)
     w.approvals = [approval("alice", w.revision, at=T0), approval("bob", w.revision, at=T0)]

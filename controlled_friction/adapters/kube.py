@@ -20,7 +20,9 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
-from controlled_friction import names
+from controlled_friction import names, traffic_routing
+
+USER_AGENT = "controlled-friction/0.1"
 
 
 class Conflict(Exception):
@@ -29,6 +31,11 @@ class Conflict(Exception):
 
 class NotFound(Exception):
     pass
+
+
+class RouteConflict(Conflict):
+    """An HTTPRoute JSON patch was refused (HTTP 422: its `test` failed, the route changed since it was
+    read); answered like a 409: re-read the route and re-plan."""
 
 
 def _transient(exc: BaseException) -> bool:
@@ -99,8 +106,12 @@ def load_api_client(kubeconfig: str | None = None, context: str | None = None) -
 class Kube:
     """Typed façade over the API calls controlled-friction needs."""
 
-    def __init__(self, api: client.ApiClient | None = None) -> None:
+    def __init__(self, api: client.ApiClient | None = None, pool_size: int | None = None) -> None:
         self.api = api or load_api_client()
+        if pool_size:  # one connection per worker thread, so reconciles never queue for a socket
+            self.api.configuration.connection_pool_maxsize = pool_size
+            self.api.rest_client = type(self.api.rest_client)(self.api.configuration)
+        self.api.user_agent = USER_AGENT
         self.custom = client.CustomObjectsApi(self.api)
         self.apps = client.AppsV1Api(self.api)
         self.core = client.CoreV1Api(self.api)
@@ -182,6 +193,34 @@ class Kube:
             {"status": status},
         )
 
+    def peering_object(self, name: str) -> dict[str, Any] | None:
+        """kopf's ClusterKopfPeering `name`, or None if it does not exist (read with `list`, which the
+        operator needs for kopf anyway)."""
+        res = _call(self.custom.list_cluster_custom_object, "kopf.dev", "v1", "clusterkopfpeerings",
+                    field_selector=f"metadata.name={name}", _request_timeout=10)
+        items = res.get("items", [])
+        return dict(items[0]) if items else None
+
+    def peering_status(self, name: str) -> dict[str, Any] | None:
+        """The status of the peering object `name` (its peers), or None if it does not exist."""
+        obj = self.peering_object(name)
+        return None if obj is None else dict(obj.get("status") or {})
+
+    def own_webhook_configurations(self, name: str, owner: dict[str, Any]) -> list[str]:
+        """Make `owner` the owner of the webhook configurations named `name` (so deleting the owner, as
+        `helm uninstall` does, garbage-collects them); returns the kinds that exist and were patched."""
+        reg = client.AdmissionregistrationV1Api(self.api)
+        done = []
+        patch = {"metadata": {"ownerReferences": [owner]}}
+        for kind, fn in (("mutating", reg.patch_mutating_webhook_configuration),
+                         ("validating", reg.patch_validating_webhook_configuration)):
+            try:
+                _call(fn, name, patch)
+                done.append(kind)
+            except NotFound:
+                pass
+        return done
+
     def namespace_labels(self, namespace: str) -> dict[str, str]:
         ns = _call(self.core.read_namespace, namespace)
         return dict((ns.metadata.labels if ns.metadata else None) or {})
@@ -207,12 +246,12 @@ class Kube:
         ]
         _call(self.apps.patch_namespaced_deployment, name, namespace, ops)
 
-    def dry_run_deployment(self, namespace: str, body: dict[str, Any]) -> str | None:
-        """Why the API server would refuse to create `body` or put its template in place (None: it
-        would accept it). A server-side dry run: nothing is written."""
+    def dry_run_deployment(self, namespace: str, body: dict[str, Any], exists: bool) -> str | None:
+        """Why the API server would refuse to create `body` (or, if it `exists`, put its template in
+        place); None: it would accept it. A server-side dry run: nothing is written."""
         name = body["metadata"]["name"]
         try:
-            if self.get_deployment(namespace, name) is None:
+            if not exists:
                 _call(self.apps.create_namespaced_deployment, namespace, body, dry_run="All")
             else:
                 ops = [
@@ -220,8 +259,8 @@ class Kube:
                     {"op": "replace", "path": "/spec/replicas", "value": body["spec"]["replicas"]},
                 ]
                 _call(self.apps.patch_namespaced_deployment, name, namespace, ops, dry_run="All")
-        except Conflict:
-            return None  # created meanwhile: the real write will patch it
+        except (Conflict, NotFound):
+            return None  # created or deleted meanwhile: the real write will sort it out
         except ApiException as exc:
             if exc.status in (400, 422):
                 return _status_message(exc)
@@ -230,6 +269,30 @@ class Kube:
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
         _call(self.apps.patch_namespaced_deployment, name, namespace, {"spec": {"replicas": replicas}})
+
+    def get_route(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The HTTPRoute as the API server holds it now (only after a refused patch: the shell reads
+        routes from its watch-fed index)."""
+        try:
+            return self._dict(_call(self.custom.get_namespaced_custom_object, traffic_routing.GATEWAY_GROUP,
+                                    traffic_routing.HTTPROUTE_VERSION, namespace,
+                                    traffic_routing.HTTPROUTE_PLURAL, name))
+        except NotFound:
+            return None
+
+    def patch_route(self, namespace: str, name: str, patch: list[dict[str, Any]]) -> None:
+        """Apply a JSON patch (RFC 6902) to an HTTPRoute: only the paths it names change. A failed
+        `test` (422) or a conflict raises RouteConflict; a route deleted meanwhile NotFound."""
+        try:
+            _call(self.custom.patch_namespaced_custom_object, traffic_routing.GATEWAY_GROUP,
+                  traffic_routing.HTTPROUTE_VERSION, namespace, traffic_routing.HTTPROUTE_PLURAL, name, patch,
+                  _content_type=traffic_routing.JSON_PATCH_CONTENT_TYPE)
+        except Conflict as exc:
+            raise RouteConflict(str(exc)) from exc
+        except ApiException as exc:
+            if exc.status == 422:
+                raise RouteConflict(_status_message(exc)) from exc
+            raise
 
     def service_exists(self, namespace: str, name: str) -> bool:
         try:
@@ -241,6 +304,22 @@ class Kube:
     def create_service(self, namespace: str, body: dict[str, Any]) -> None:
         with contextlib.suppress(Conflict):  # created meanwhile: fine
             _call(self.core.create_namespaced_service, namespace, body)
+
+    def whoami(self) -> str:
+        """The username this client authenticates as (SelfSubjectReview)."""
+        review = _call(client.AuthenticationV1Api(self.api).create_self_subject_review,
+                       {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+        return str(review.status.user_info.username)
+
+    # ------------------------------------------------------------ secrets & webhook configurations
+
+    def read_secret_data(self, namespace: str, name: str) -> dict[str, Any]:
+        secret = _call(self.core.read_namespaced_secret, name, namespace, _request_timeout=10)
+        return dict(secret.data or {})
+
+    def create_secret(self, namespace: str, name: str, data: dict[str, str], labels: dict[str, str]) -> dict[str, Any]:
+        body = {"metadata": {"name": name, "namespace": namespace, "labels": labels}, "type": "Opaque", "data": data}
+        return dict(_call(self.core.create_namespaced_secret, namespace, body).data or {})
 
     # ------------------------------------------------------------ events
 

@@ -1,9 +1,10 @@
-"""The only module that talks to Prometheus: runs the instant queries `analysis` builds.
+"""The only module that talks to Prometheus: runs instant queries and returns numbers or failures.
 
+It decides nothing: `measurement` says what to ask and what the answers mean, the planner judges.
 Every request has a timeout, and only connection errors and timeouts are retried (twice in all, short
 backoff), so a dead Prometheus costs a measurement round well under a second and a hung one at most
-two timeouts. Failures never escape `measure`: they become `error` measurements, which the planner
-counts separately from failures (Prometheus being down is no evidence against the canary).
+two timeouts. Failures never escape `run`: they are `QueryFailure`s, which the planner turns into
+`error` verdicts, counted apart from failures (Prometheus being down is no evidence against a canary).
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import ast
 import contextlib
 import json
 import math
-import os
 import re
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -23,9 +24,7 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 from urllib3.util.retry import Retry
 
-from controlled_friction.analysis import QueryContext, error_measurement, evaluate, queries_for
-from controlled_friction.models.rollout import Measurement, MetricSpec
-from controlled_friction.names import ENV_PROMETHEUS_URL
+from controlled_friction.measurement import GROUP_LABELS, Answer, Query, QueryFailure, Table
 
 _TRANSIENT = (requests.ConnectionError, requests.Timeout)
 _UNAVAILABLE_STATUS = {502, 503, 504}  # 503: Prometheus starting or stopping; 502/504: a proxy in front
@@ -54,6 +53,43 @@ class PrometheusClient:
 
     def instant(self, query: str) -> float | None:
         """One number: the sum of the returned series; None when the result is empty or NaN."""
+        return _number(self._raw(query))
+
+    def table(self, query: str) -> Table:
+        """Finite values of the returned series by GROUP_LABELS (a `sum by (...)` query)."""
+        result = self._raw(query)
+        if not isinstance(result, list):
+            raise PrometheusQueryError(f"unexpected query result: {str(result)[:200]}")
+        out: Table = {}
+        for series in result:
+            if not isinstance(series, dict) or "value" not in series:
+                raise PrometheusQueryError("query did not return an instant vector")
+            labels = series.get("metric") or {}
+            ns, service, track, revision = (str(labels.get(k, "")) for k in GROUP_LABELS)
+            key = (ns, service, track, revision)
+            value = _float(series["value"][1])
+            if math.isfinite(value):
+                out[key] = out.get(key, 0.0) + value
+        return out
+
+    def run(self, queries: Mapping[str, Query]) -> dict[str, Answer]:
+        """Every query's answer; once Prometheus is unreachable the rest fail without another timeout."""
+        out: dict[str, Answer] = {}
+        down: QueryFailure | None = None
+        for key, q in queries.items():
+            if down is not None:
+                out[key] = down
+                continue
+            try:
+                out[key] = self.table(q.promql) if q.grouped else self.instant(q.promql)
+            except PrometheusUnavailable as err:
+                down = QueryFailure(str(err), unavailable=True)
+                out[key] = down
+            except PrometheusQueryError as err:
+                out[key] = QueryFailure(str(err), unavailable=False)
+        return out
+
+    def _raw(self, query: str) -> Any:
         try:
             result = self._query(query)
         except _TRANSIENT as err:
@@ -65,7 +101,7 @@ class PrometheusClient:
             raise PrometheusQueryError(f"Prometheus rejected the query ({status}): {detail}") from err
         except (ValueError, KeyError, TypeError) as err:  # not JSON, or not the Prometheus API's shape
             raise PrometheusQueryError(f"{self.url} did not answer like a Prometheus API: {err}") from err
-        return _number(result)
+        return result
 
     def series(self, query: str, start: datetime, end: datetime, step: float) -> list[tuple[float, float]]:
         """A range query: (unix time, value) points, summed over the returned series; NaN/±Inf
@@ -129,44 +165,3 @@ def _short(err: Exception) -> str:
     text = str(err)
     reason = re.search(r"(Connection refused|timed out|Name or service not known|Connection reset)", text)
     return reason.group(1) if reason else text[:200]
-
-
-def measure(
-    client: PrometheusClient, metrics: list[MetricSpec], ctx: QueryContext, now: datetime
-) -> list[Measurement]:
-    """One measurement per metric, in order. Never raises for Prometheus trouble: those are `error`s."""
-    out: list[Measurement] = []
-    unavailable: str | None = None
-    for metric in metrics:
-        if unavailable is not None:  # don't pay the timeout again for every remaining metric
-            out.append(error_measurement(metric, unavailable, now))
-            continue
-        try:
-            queries = queries_for(metric, ctx)
-        except ValueError as err:  # e.g. a template variable the admission check should have refused
-            out.append(error_measurement(metric, f"cannot build query: {err}", now))
-            continue
-        values: dict[str, float | None] = {}
-        try:
-            for name, query in queries.items():
-                try:
-                    values[name] = client.instant(query)
-                except PrometheusQueryError as err:
-                    where = query if metric.kind == "query" else name
-                    raise PrometheusQueryError(f"{err} [query {where}]") from err
-        except PrometheusUnavailable as err:
-            unavailable = str(err)
-            out.append(error_measurement(metric, unavailable, now))
-        except PrometheusQueryError as err:
-            out.append(error_measurement(metric, str(err), now))
-        else:
-            out.append(evaluate(metric, values, ctx, now))
-    return out
-
-
-def resolve_url(rollout_address: str | None, policy_addresses: list[str]) -> str | None:
-    """The Rollout's address, else the first policy's, else env CF_PROMETHEUS_URL, else None."""
-    for candidate in (rollout_address, *policy_addresses, os.environ.get(ENV_PROMETHEUS_URL)):
-        if candidate and candidate.strip():
-            return candidate.strip().rstrip("/")
-    return None

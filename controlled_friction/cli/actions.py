@@ -120,6 +120,15 @@ def acted_revision(obj: dict[str, Any]) -> str | None:
     return str(rev) if rev else None
 
 
+def approve_delete(kube: Kube, namespace: str, name: str) -> str:
+    """Approve deleting the Rollout as it exists now (bound to its uid); returns the uid."""
+    uid = str((get_rollout(kube, namespace, name).get("metadata") or {}).get("uid") or "")
+    if not uid:
+        raise CommandError(f"rollout {namespace}/{name} has no uid; is this a real API server?")
+    _patch(kube, namespace, name, {names.ANN_APPROVE_DELETE: uid})
+    return uid
+
+
 def request_action(
     kube: Kube, namespace: str, name: str, action: Action, expect_revision: str | None = None
 ) -> dict[str, Any]:

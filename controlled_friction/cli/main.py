@@ -133,9 +133,16 @@ def _target(kubeconfig: str | None, context: str | None, namespace: str | None) 
 
 
 class WebhookModeChoice(enum.StrEnum):
+    auto = "auto"
     local = "local"
     service = "service"
     none = "none"
+
+
+class ComponentChoice(enum.StrEnum):
+    all = "all"
+    controller = "controller"
+    webhooks = "webhooks"
 
 
 @app.command()
@@ -150,11 +157,12 @@ def run(
         WebhookModeChoice,
         typer.Option(
             "--webhook-mode",
-            help="Admission webhooks: 'local' (API server calls this process at --webhook-host), "
-            "'service' (in-cluster Service), 'none' (no webhooks: approvals cannot be verified).",
+            help="Admission webhooks: 'auto' (service in a pod, else local; said at start-up), 'local' "
+            "(API server calls this process at --webhook-host), 'service' (in-cluster Service), "
+            "'none' (no webhooks: approvals cannot be verified).",
             case_sensitive=False,
         ),
-    ] = WebhookModeChoice.none,
+    ] = WebhookModeChoice.auto,
     webhook_host: Annotated[str, typer.Option("--webhook-host", help="Address the webhook server listens on.")] = (
         "127.0.0.1"
     ),
@@ -163,6 +171,20 @@ def run(
         int, typer.Option("--metrics-port", help="Prometheus metrics of the operator; 0 disables.")
     ] = 8080,
     health_port: Annotated[int, typer.Option("--health-port", help="Liveness endpoint /healthz; 0 disables.")] = 8081,
+    selector: Annotated[
+        str | None,
+        typer.Option("--selector", "-l", help="Shard: reconcile only Rollouts matching this label selector."),
+    ] = None,
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option("--namespace", "-n", help="Shard: reconcile only Rollouts in these namespaces (repeatable)."),
+    ] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Reconciles run in parallel (threads).")] = 8,
+    component: Annotated[
+        ComponentChoice,
+        typer.Option("--component", help="'all', 'controller' (reconcile only) or 'webhooks' (admission only).",
+                     case_sensitive=False),
+    ] = ComponentChoice.all,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Start the operator (kopf): reconcile Rollouts, serve admission webhooks and metrics."""
@@ -179,11 +201,15 @@ def run(
         kubeconfig=kubeconfig,
         peering=peering,
         priority=priority,
-        webhook_mode=webhook_mode.value,
+        webhook_mode=None if webhook_mode is WebhookModeChoice.auto else webhook_mode.value,  # type: ignore[arg-type]
         webhook_host=webhook_host,
         webhook_port=webhook_port,
         metrics_port=metrics_port or None,
         health_port=health_port or None,
+        selector=selector,
+        namespaces=tuple(namespace or ()),
+        workers=workers,
+        component=component.value,
         verbose=verbose,
     )
 
@@ -518,6 +544,26 @@ def dashboard(
         serve(dash, address, port, ready)
     except OSError as exc:
         fail(f"cannot listen on {address}:{port}: {exc.strerror or exc}")
+
+
+@app.command("approve-delete")
+def approve_delete(
+    name: RolloutName,
+    kubeconfig: Kubeconfig = None,
+    context: KubeContext = None,
+    namespace: Namespace = None,
+) -> None:
+    """Approve deleting a Rollout whose FrictionPolicy requires it; the requester's own never counts."""
+    with reported_errors():
+        kube, ns = _target(kubeconfig, context, namespace)
+        uid = actions.approve_delete(kube, ns, name)
+    out.print(
+        Text(
+            f"approval to delete {ns}/{name} (uid {uid}) recorded under your identity; it counts for a deletion "
+            "requested by someone else, until the policy's expiry",
+        ),
+        soft_wrap=True,
+    )
 
 
 def _action(

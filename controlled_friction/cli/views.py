@@ -563,6 +563,8 @@ def explain_view(obj: dict[str, Any], preview: EffectivePlan | None = None) -> R
         "Policies",
         Text(", ".join(plan.policies) if plan.policies else "none match this rollout (plan = the rollout's own steps)"),
     )
+    record = _annotations(obj).get(ANN_CHANGE_RECORD)
+    grid.add_row("Change record", Text(record or "- (none given)", style="" if record else "dim"))
     ann_ai = _annotations(obj).get(names.ANN_AI_ASSISTED, "").strip().lower() == "true"
     if plan.ai_assisted:
         ai = "yes: the aiAssisted rules of the matching policies apply"
@@ -578,6 +580,33 @@ def explain_view(obj: dict[str, Any], preview: EffectivePlan | None = None) -> R
     if plan.frozen_reason:
         grid.add_row("Frozen", Text(plan.frozen_reason, style="yellow"))
     parts: list[RenderableType] = [grid, _steps_table(plan, st.current_step_index if active else None)]
+    # Requested vs achievable weight per setWeight step: exact with a router, else what replica counts
+    # give (traffic.replica_plan: fits, a stable surge, or a hold with the fix).
+    from controlled_friction.models.rollout import RolloutSpec
+    from controlled_friction.planner.traffic import replica_plan
+
+    try:
+        rspec: RolloutSpec | None = RolloutSpec.model_validate(obj.get("spec") or {})
+    except ValidationError:
+        rspec = None
+    weight_steps = [(i, s) for i, s in enumerate(plan.steps) if s.kind == "setWeight" and s.set_weight]
+    if rspec is not None and weight_steps:
+        routing = rspec.traffic_routing.gateway_api if rspec.traffic_routing else None
+        wtable = Table(title="Weights: requested vs achievable", title_justify="left", header_style="bold")
+        for col in ("#", "requested", "achievable", "how"):
+            wtable.add_column(col, overflow="fold", no_wrap=col != "how")
+        canary = rspec.strategy.canary
+        for i, step in weight_steps:
+            if routing is not None:
+                wtable.add_row(str(i + 1), f"{step.set_weight}%", f"{step.set_weight}%",
+                               Text(f"exact: HTTPRoute {routing.http_route} weights"))
+                continue
+            wp = replica_plan(rspec.replicas, step, canary.weight_tolerance, canary.max_surge)
+            achievable = f"{wp.share:.1f}%" if wp.share is not None else f"{wp.achievable:.1f}% (held)"
+            style = "yellow" if wp.decision == "hold" else ""
+            wtable.add_row(str(i + 1), f"{step.set_weight}%", Text(achievable, style=style),
+                           Text(f"{wp.decision}: {wp.message}", style=style))
+        parts.append(wtable)
     parts.append(_metrics_table(plan) if plan.metrics else Text("No metrics analysed.", style="dim"))
     return Panel(Group(*parts), title=title, title_align="left", expand=False)
 
@@ -602,6 +631,7 @@ def history_table(obj: dict[str, Any], now: datetime) -> RenderableType:
     table.add_column("reason", overflow="fold")
     table.add_column("approvers", overflow="fold")
     table.add_column("author", no_wrap=True)
+    table.add_column("change record", overflow="fold")
     for h in st.history:
         at = (h.at if h.at.tzinfo else h.at.replace(tzinfo=UTC)).astimezone(UTC)
         table.add_row(
@@ -611,6 +641,7 @@ def history_table(obj: dict[str, Any], now: datetime) -> RenderableType:
             Text(h.reason),
             Text(", ".join(h.approvers) or "-"),
             Text(h.author or "-"),
+            Text(h.change_record or "-"),
         )
     return table
 

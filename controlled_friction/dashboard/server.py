@@ -15,6 +15,7 @@ without a CORS preflight, which is never granted), and sends a strict Content-Se
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,10 +26,12 @@ import urllib3
 from aiohttp import web
 from kubernetes.client.exceptions import ApiException
 
+from controlled_friction import names
 from controlled_friction.adapters.kube import Kube, NotFound
-from controlled_friction.adapters.prometheus import PrometheusClient, resolve_url
+from controlled_friction.adapters.prometheus import PrometheusClient
 from controlled_friction.cli import actions, views
 from controlled_friction.dashboard import plots
+from controlled_friction.measurement import resolve_url
 
 STATIC = Path(__file__).parent / "static"
 WRITE_HEADER = "X-CF-Dashboard"
@@ -174,7 +177,7 @@ def prometheus_for(dash: Dashboard, obj: dict[str, Any]) -> str | None:
                          and ((p.get("spec") or {}).get("prometheus") or {}).get("address")]
         except (ApiException, NotFound):  # no RBAC on policies: the env var is still there
             addresses = []
-    return resolve_url(own, addresses)
+    return resolve_url(own, addresses, os.environ.get(names.ENV_PROMETHEUS_URL))
 
 
 def _series(dash: Dashboard, ns: str, name: str) -> dict[str, Any]:

@@ -26,6 +26,23 @@ class ApprovalRule(SpecModel):
     )
 
 
+class DeletionRule(SpecModel):
+    """Deleting a matched Rollout is approved like a revision: by others, verified, fresh."""
+
+    count: int = Field(
+        default=2, ge=1, le=10,
+        description="Distinct approvals of the deletion required; the requester's own never counts.",
+    )
+    approver_groups: list[str] = Field(
+        default_factory=lambda: ["senior-engineers"],
+        min_length=1,
+        description="Groups whose members may approve a deletion (controlled-friction.io/approve-delete).",
+    )
+    expiry: Duration = Field(
+        default=3600.0, description="A deletion approval older than this no longer counts."
+    )
+
+
 class FreezeWindow(SpecModel):
     """A time when rollouts may not advance. Either absolute (start/end) or weekly (days + times, UTC)."""
 
@@ -75,6 +92,26 @@ class FrictionRules(SpecModel):
     )
     max_analysis_interval: Duration | None = Field(
         default=None, description="Analysis runs at least this often."
+    )
+    max_quiet: Duration | None = Field(
+        default=None,
+        description="A canary whose metric stays quiet (too few canary requests to judge) longer than this "
+        "is rolled back (the shortest of the Rollout's quietLimit and the policies' wins).",
+    )
+    post_promotion_watch: Duration | None = Field(
+        default=None,
+        description="After promotion, keep judging the service this long and roll stable back to the "
+        "previous revision on failure (the longest of the Rollout's and the policies' wins).",
+    )
+    deletion: DeletionRule | None = Field(
+        default=None,
+        description="DELETE of a matched Rollout is refused until this many others approved it "
+        "(annotation controlled-friction.io/approve-delete: <the Rollout's uid>).",
+    )
+    require_change_record: bool = Field(
+        default=False,
+        description="A template change must carry annotation controlled-friction.io/change-record: "
+        "\"<TICKET-ID or URL> <one-line summary>\".",
     )
 
 

@@ -10,9 +10,11 @@ from pydantic import Field, field_validator, model_validator
 
 from controlled_friction.durations import Duration
 from controlled_friction.models.base import LabelSelector, SpecModel, StatusModel
+from controlled_friction.sequential import SequentialState
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 MetricKind = Literal["errorRatio", "orderRateDrop", "query"]
+MetricMode = Literal["enforce", "observe"]
 QUERY_VARIABLES = ("namespace", "service", "rollout", "track", "revision", "interval", "window")
 
 
@@ -83,6 +85,19 @@ class CanaryStrategy(SpecModel):
     steps: list[Step] = Field(
         min_length=1, max_length=100, description="Ordered steps; promotion follows the last step."
     )
+    weight_tolerance: float = Field(
+        default=2.0, ge=0, le=100,
+        description="Without a traffic router: percentage points the canary's share of ready pods may differ "
+        "from a step's weight and still meet it. A share beyond it is reached by a stable surge (maxSurge) "
+        "or the rollout holds (Paused) with a message naming the achievable weight and the fix; a policy's "
+        "maxFirstWeight is never exceeded. Ignored with spec.trafficRouting (weights are exact).",
+    )
+    max_surge: int = Field(
+        default=0, ge=0, le=1000,
+        description="Without a traffic router: extra stable pods (above spec.replicas) the operator may run "
+        "during the canary so that the canary's share meets a step's weight; scaled back at promotion or "
+        "rollback.",
+    )
 
     @model_validator(mode="after")
     def _weights_increase(self) -> CanaryStrategy:
@@ -143,7 +158,14 @@ class MetricSpec(SpecModel):
     min: float | None = Field(default=None, description="query: fail when the value is below this.")
     max: float | None = Field(default=None, description="query: fail when the value is above this.")
     window: Duration | None = Field(
-        default=None, description="Rate window for this metric (default: spec.analysis.window)."
+        default=None,
+        description="Rate window of this metric's windowed queries (maxBaselineDrop, custom queries; "
+        "default: spec.analysis.window). The sequential tests use exact counter differences, no window.",
+    )
+    mode: MetricMode = Field(
+        default="enforce",
+        description="enforce: a failing or quiet metric rolls back or holds the canary. observe (shadow): "
+        "measured and shown in status and /metrics, but never rolls back, holds or gates a step.",
     )
 
     @model_validator(mode="after")
@@ -175,8 +197,14 @@ class PrometheusRef(SpecModel):
 
 
 class AnalysisSpec(SpecModel):
-    interval: Duration = Field(default=10.0, description="How often metrics are measured.")
-    window: Duration = Field(default=60.0, description="Default rate window of the queries.")
+    interval: Duration = Field(
+        default=2.0,
+        description="How often metrics are measured. Looking often costs no false rollbacks (the tests are "
+        "anytime-valid); it only makes detection faster.",
+    )
+    window: Duration = Field(
+        default=60.0, description="Default rate window of the windowed queries (maxBaselineDrop, custom queries)."
+    )
     service: str | None = Field(
         default=None,
         description="Value of the `service` label in the app's metrics (default: the Rollout's name).",
@@ -184,20 +212,32 @@ class AnalysisSpec(SpecModel):
     min_requests: int = Field(
         default=20,
         ge=0,
-        description="Fewer canary requests than this in the window makes a measurement inconclusive.",
+        description="Canary requests the sequential test must have seen before errorRatio or orderRateDrop "
+        "can pass; until then the metric is quiet (holds the step, never promotes).",
+    )
+    quiet_limit: Duration = Field(
+        default=300.0,
+        description="How long a metric may stay quiet (no canary requests, fewer than minRequests, or no "
+        "stable traffic to compare with) before the canary is rolled back. Policies may shorten it.",
+    )
+    post_promotion_watch: Duration = Field(
+        default=0.0,
+        description="After promotion, keep judging the service (5xx share and order rate vs before the "
+        "rollout) this long; on failure stable is rolled back to the previous revision. 0: no watch.",
     )
     failure_limit: int = Field(
         default=2,
         ge=1,
         le=100,
-        description="Consecutive failing measurements of one metric that trigger a rollback.",
+        description="Consecutive failing measurements of a threshold check (maxBaselineDrop, custom "
+        "queries) that trigger a rollback. A sequential test that rejects rolls back at once.",
     )
     inconclusive_limit: int = Field(
         default=6,
         ge=1,
         le=1000,
-        description="Consecutive inconclusive measurements (no data, too little traffic) that "
-        "trigger a rollback. Inconclusive measurements never let a rollout advance.",
+        description="Consecutive inconclusive measurements (a custom query or the baseline check without "
+        "data) that trigger a rollback. Inconclusive measurements never let a rollout advance.",
     )
     error_limit: int = Field(
         default=4,
@@ -283,7 +323,7 @@ class RolloutSpec(SpecModel):
 Phase = Literal[
     "Pending", "Progressing", "Paused", "AwaitingApproval", "Promoting", "Healthy", "RolledBack", "Invalid"
 ]
-Verdict = Literal["pass", "fail", "inconclusive", "error"]
+Verdict = Literal["pass", "fail", "quiet", "inconclusive", "error"]
 
 
 class AddedBy(StatusModel):
@@ -334,6 +374,12 @@ class EffectivePlan(StatusModel):
     analysis_interval_seconds: float | None = Field(
         default=None, description="min(spec.analysis.interval, every policy's maxAnalysisInterval)."
     )
+    quiet_limit_seconds: float | None = Field(
+        default=None, description="min(spec.analysis.quietLimit, every policy's maxQuiet)."
+    )
+    post_promotion_watch_seconds: float | None = Field(
+        default=None, description="max(spec.analysis.postPromotionWatch, every policy's postPromotionWatch)."
+    )
     approval_expiry_seconds: float | None = Field(
         default=None, description="Approvals older than this many seconds no longer count (shortest policy expiry)."
     )
@@ -348,16 +394,44 @@ class EffectivePlan(StatusModel):
 class Measurement(StatusModel):
     metric: str = Field(description="Name of the metric measured.")
     verdict: Verdict = Field(
-        description="pass, fail, inconclusive (no data or too little traffic) or error (Prometheus unreachable)."
+        description="pass, fail, quiet (too few canary requests to judge: holds, quietLimit rolls back), "
+        "inconclusive (no data) or error (Prometheus unreachable)."
     )
     value: float | None = Field(default=None, description="The measured value, if any.")
     bound: str | None = Field(default=None, description="The bound it was checked against, e.g. ≤ 0.05.")
     message: str = Field(default="", description="Explanation of the verdict.")
     time: datetime | None = Field(default=None, description="When it was measured.")
+    decisive: bool = Field(
+        default=False, description="The sequential test rejected 'healthy': rolls back at once (no failureLimit)."
+    )
+    evidence: float | None = Field(
+        default=None, description="Sequential test: evidence (e-value) against 'healthy' so far."
+    )
+    threshold: float | None = Field(
+        default=None, description="Sequential test: the evidence that rolls back, 1/alpha."
+    )
+    canary_requests: float | None = Field(
+        default=None, description="Sequential test: canary requests the test has seen (achieved sample size)."
+    )
+    needed_requests: float | None = Field(
+        default=None,
+        description="Sequential test: about how many canary requests it needs to catch its design effect "
+        "(twice as far from healthy as the bound allows).",
+    )
+
+
+class CounterTotals(StatusModel):
+    """Cumulative counters of one look, so the next look can take exact differences."""
+
+    canary_requests: float | None = Field(default=None, description="Canary revision's requests counter.")
+    canary_events: float | None = Field(default=None, description="Canary's 5xx (errorRatio) or orders counter.")
+    stable_requests: float | None = Field(default=None, description="Stable track's requests counter.")
+    stable_events: float | None = Field(default=None, description="Stable's 5xx or orders counter.")
 
 
 class MetricState(StatusModel):
     metric: str = Field(description="Name of the metric.")
+    mode: MetricMode = Field(default="enforce", description="enforce, or observe (shadow: never rolls back).")
     consecutive_failures: int = Field(default=0, description="Failing measurements in a row (failureLimit rolls back).")
     consecutive_inconclusive: int = Field(
         default=0, description="Inconclusive measurements in a row (inconclusiveLimit rolls back)."
@@ -367,11 +441,37 @@ class MetricState(StatusModel):
     )
     passes_in_step: int = Field(default=0, description="Passing measurements since the current step began.")
     last: Measurement | None = Field(default=None, description="The latest measurement.")
+    baseline: float | None = Field(
+        default=None, description="orderRateDrop: the service's order rate (per second) before the rollout."
+    )
+    baseline_known: bool = Field(
+        default=False, description="Whether the pre-rollout baseline was measured (it may be absent: no orders)."
+    )
+    quiet_since: datetime | None = Field(
+        default=None, description="Since when the metric has been quiet without a break (quietLimit rolls back)."
+    )
+    totals: CounterTotals | None = Field(
+        default=None, description="The cumulative counters at the latest look (the next look's starting point)."
+    )
+    sequential: SequentialState | None = Field(
+        default=None, description="The anytime-valid test of this metric for the canary revision."
+    )
 
 
 class AnalysisState(StatusModel):
     last_run_at: datetime | None = Field(default=None, description="When metrics were last measured.")
     metrics: list[MetricState] = Field(default_factory=list, description="Per-metric counters and last measurement.")
+
+
+class PostPromotionWatch(StatusModel):
+    """After a promotion: the service is still judged until `until`; a failure rolls stable back."""
+
+    revision: str = Field(description="The promoted revision being watched.")
+    since: datetime = Field(description="When the watch started (the promotion).")
+    until: datetime = Field(description="When the watch ends if nothing failed.")
+    analysis: AnalysisState = Field(
+        default_factory=AnalysisState, description="The watch's own measurements (5xx ceiling, order rate vs before)."
+    )
 
 
 class CountedApproval(StatusModel):
@@ -388,6 +488,9 @@ class HistoryEntry(StatusModel):
     reason: str = Field(default="", description="Why, e.g. the failing metric and its value.")
     approvers: list[str] = Field(default_factory=list, description="Users whose approvals counted.")
     author: str | None = Field(default=None, description="Who made the template change.")
+    change_record: str | None = Field(
+        default=None, description="The change record (controlled-friction.io/change-record) the revision carried."
+    )
 
 
 class Condition(StatusModel):
@@ -424,7 +527,16 @@ class RolloutStatus(StatusModel):
         "labelSelectorPath; an HPA uses it to find the pods).",
     )
     canary_weight: int = Field(default=0, description="Weight of the current step, once in force.")
-    effective_weight: float = Field(default=0.0, description="Canary share of ready pods, percent.")
+    effective_weight: float = Field(
+        default=0.0,
+        description="The canary's share of traffic, percent: of the HTTPRoute rule's weights with a traffic "
+        "router, else of ready pods.",
+    )
+    route_weight: int | None = Field(
+        default=None,
+        description="Canary weight set on the HTTPRoute (spec.trafficRouting), as last read back; absent "
+        "without a router, or while the route is missing or its rules disagree.",
+    )
     current_step_index: int = Field(default=0, description="Index of the current step in effectivePlan.steps.")
     step_started_at: datetime | None = Field(default=None, description="When the current step began.")
     rollout_started_at: datetime | None = Field(
@@ -434,8 +546,25 @@ class RolloutStatus(StatusModel):
         default_factory=list, description="Verified approvals counted for the canary revision."
     )
     approvals_summary: str = Field(default="-", description="Counted/required approvals, e.g. 1/2.")
+    stable_template: dict[str, Any] | None = Field(
+        default=None,
+        description="Pod template of the stable revision, so stable can be restored after an edit behind "
+        "the operator's back (drift) or rolled back to after a promotion.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True, "type": "object"},
+    )
     aborted_revision: str | None = Field(
         default=None, description="Revision rolled back or aborted; it stays at weight 0 until a `retry` action."
+    )
+    previous_stable_revision: str | None = Field(
+        default=None, description="The stable revision before the last promotion (a post-promotion rollback target)."
+    )
+    previous_stable_template: dict[str, Any] | None = Field(
+        default=None,
+        description="Pod template of previousStableRevision, so a post-promotion rollback survives a restart.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True, "type": "object"},
+    )
+    watch: PostPromotionWatch | None = Field(
+        default=None, description="The post-promotion watch in progress, if any."
     )
     effective_plan: EffectivePlan | None = Field(
         default=None, description="The plan in force: spec.strategy made stricter by matching policies."

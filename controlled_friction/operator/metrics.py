@@ -11,7 +11,9 @@ ROLLOUTS_BY_PHASE = Gauge(
 )
 ROLLBACKS = Counter("controlled_friction_rollbacks_total", "Automatic and manual rollbacks.", ["namespace", "reason"])
 VERDICTS = Counter(
-    "controlled_friction_verdicts_total", "Analysis measurements by metric and verdict.", ["metric", "verdict"]
+    "controlled_friction_verdicts_total",
+    "Analysis measurements by metric, verdict and mode (enforce, or observe for shadow metrics).",
+    ["metric", "verdict", "mode"],
 )
 GATE_WAIT = Histogram(
     "controlled_friction_gate_wait_seconds",
@@ -26,6 +28,13 @@ RECONCILE_SECONDS = Histogram(
 )
 RECONCILE_ERRORS = Counter(
     "controlled_friction_reconcile_errors_total", "Reconciles that failed and will be retried.", ["kind"]
+)
+DRIFT_REVERTED = Counter(
+    "controlled_friction_drift_reverted_total",
+    "Owned Deployments restored after their template was changed outside the Rollout.", ["namespace", "track"]
+)
+PROMETHEUS_QUERIES = Counter(
+    "controlled_friction_prometheus_queries_total", "Queries sent to Prometheus (batched across Rollouts)."
 )
 CONFLICTS = Counter("controlled_friction_conflicts_total", "409 conflicts handled by re-reading and re-planning.")
 

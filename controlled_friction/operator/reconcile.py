@@ -1,4 +1,11 @@
-"""One reconcile of one Rollout: read, observe, measure, call the planner, write. No rules here."""
+"""One reconcile of one Rollout: plan from a snapshot and Prometheus's numbers, then write. No rules here.
+
+Writes happen in the order that keeps promises across a crash: consume the one-shot action, write
+status with optimistic locking (resourceVersion), then make the workloads match (idempotent). On a
+409 the Rollout is re-read and re-planned with the same numbers, never patched with a stale body; a
+refused HTTPRoute patch (422: the route changed since it was read) is answered the same way, with the
+route re-read too.
+"""
 
 from __future__ import annotations
 
@@ -13,32 +20,31 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from controlled_friction import admission, errors, names
-from controlled_friction.adapters.kube import Conflict, Kube
-from controlled_friction.adapters.prometheus import PrometheusClient, measure, resolve_url
-from controlled_friction.analysis import QueryContext, error_measurement
-from controlled_friction.models import approval
-from controlled_friction.models.policy import FrictionPolicySpec, NamedPolicy, PolicySelector
-from controlled_friction.models.rollout import Measurement, RolloutSpec, RolloutStatus
-from controlled_friction.operator import metrics
-from controlled_friction.planner import (
+from controlled_friction import errors, measurement, names
+from controlled_friction.adapters.kube import Conflict, Kube, NotFound, RouteConflict
+from controlled_friction.adapters.prometheus import PrometheusClient
+from controlled_friction.analysis import QueryContext
+from controlled_friction.decisions import (
     ApplyDeployment,
     ApprovalObs,
     ClearAction,
     Decision,
     EnsureService,
-    InvalidPolicy,
     Observations,
+    PatchRoute,
     RecordEvent,
     RolloutInput,
     ScaleDeployment,
-    due_metrics,
-    invalid,
-    plan,
-    policy_hold,
 )
+from controlled_friction.measurement import MeasurementRequest, Samples
+from controlled_friction.models import approval
+from controlled_friction.models.rollout import AnalysisState, Measurement, MetricSpec, RolloutSpec, RolloutStatus
+from controlled_friction.operator import metrics
+from controlled_friction.operator.world import Snapshot
+from controlled_friction.planner import invalid, plan, request_for
+from controlled_friction.planner.measuring import judge, record_measurements
 from controlled_friction.revision import revision_of
-from controlled_friction.workloads import deployment_body, observe_deployment, service_body
+from controlled_friction.workloads import deployment_body, service_body
 
 log = structlog.get_logger("controlled_friction.reconcile")
 MAX_CONFLICT_RETRIES = 3
@@ -49,6 +55,7 @@ class Context:
     kube: Kube
     key: bytes
     now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    default_prometheus: str | None = field(default_factory=lambda: os.environ.get(names.ENV_PROMETHEUS_URL))
     prometheus_timeout: float = float(os.environ.get("CF_PROMETHEUS_TIMEOUT", "5"))
     _local: threading.local = field(default_factory=threading.local)
 
@@ -60,116 +67,7 @@ class Context:
         return clients[url]
 
 
-@dataclass(frozen=True)
-class PolicySet:
-    valid: tuple[NamedPolicy, ...]
-    invalid: tuple[InvalidPolicy, ...]
-
-
-def parse_policies(raw: dict[str, dict[str, Any]]) -> PolicySet:
-    valid, bad = [], []
-    for name, spec in sorted(raw.items()):
-        # The admission webhook's own checks (schema and PromQL), for policies that got in without it.
-        problems = [p.message for p in admission.policy_spec_problems(spec)]
-        if not problems:
-            valid.append(NamedPolicy(name=name, spec=FrictionPolicySpec.model_validate(spec)))
-            continue
-        try:
-            selector: PolicySelector | None = PolicySelector.model_validate(spec.get("selector") or {})
-        except (ValidationError, AttributeError):
-            selector = None
-        bad.append(InvalidPolicy(name, selector, "; ".join(problems)))
-    return PolicySet(tuple(valid), tuple(bad))
-
-
-def _approvals(annotations: dict[str, str], key: bytes) -> tuple[tuple[ApprovalObs, ...], tuple[str, ...]]:
-    entries, problems = approval.parse_record(annotations.get(names.ANN_APPROVALS))
-    return tuple(ApprovalObs(e, approval.verify(e, key)) for e in entries), tuple(problems)
-
-
-def _measure(ctx: Context, spec: RolloutSpec, status: RolloutStatus, policies: PolicySet, meta: dict[str, Any],
-             now: datetime) -> tuple[Measurement, ...]:
-    due = due_metrics(spec, status, now)
-    if not due:
-        return ()
-    assert status.effective_plan is not None and status.canary_revision is not None
-    url = resolve_url(
-        spec.analysis.prometheus.address,
-        [p.spec.prometheus.address for p in policies.valid
-         if p.name in status.effective_plan.policies and p.spec.prometheus.address],
-    )
-    if url is None:
-        return tuple(error_measurement(m, f"no Prometheus address: set spec.analysis.prometheus.address "
-                                          f"or {names.ENV_PROMETHEUS_URL}", now) for m in due)
-    qctx = QueryContext(
-        namespace=meta["namespace"],
-        service=spec.analysis.service or meta["name"],
-        rollout=meta["name"],
-        canary_revision=status.canary_revision,
-        stable_revision=status.stable_revision,
-        window_seconds=spec.analysis.window,
-        interval_seconds=spec.analysis.interval,
-        min_requests=spec.analysis.min_requests,
-        rollout_started_at=status.rollout_started_at,
-    )
-    results = tuple(measure(ctx.prometheus(url), due, qctx, now))
-    for m in results:
-        metrics.VERDICTS.labels(m.metric, m.verdict).inc()
-    return results
-
-
-def reconcile(
-    ctx: Context,
-    body: dict[str, Any],
-    policies_raw: dict[str, dict[str, Any]],
-    namespace_labels: dict[str, str],
-) -> Decision:
-    """Reconcile once; on a 409 re-read the Rollout and re-plan with the same measurements."""
-    now = ctx.now()
-    measurements: tuple[Measurement, ...] | None = None
-    carried_action: str | None = None
-    policies = parse_policies(policies_raw)
-    for attempt in range(MAX_CONFLICT_RETRIES):
-        if attempt:
-            # The re-read object may hold writes made after the first `now` (an approval): timing a
-            # step from before them would let it start before the gate was really passed.
-            now = ctx.now()
-        meta = body["metadata"]
-        ns, name = meta["namespace"], meta["name"]
-        annotations = dict(meta.get("annotations") or {})
-        if carried_action is not None:
-            annotations[names.ANN_ACTION] = carried_action
-        raw_status = copy.deepcopy(body.get("status") or {})
-        status = _read_status(raw_status)
-        try:
-            spec = RolloutSpec.model_validate(body.get("spec") or {})
-        except ValidationError as exc:
-            decision = invalid(status, "; ".join(errors.describe(exc)), int(meta.get("generation") or 0), now)
-            spec = None
-        if spec is not None:
-            held = policy_hold(policies.invalid, dict(meta.get("labels") or {}), namespace_labels)
-            if measurements is None and not held:  # a held rollout is not analysed
-                measurements = _measure(ctx, spec, status, policies, meta, now)
-            inp = _input(ctx, body, annotations, spec, status, policies, namespace_labels, measurements or (), now)
-            decision = plan(inp)
-            rejected = _dry_run(ctx, body, spec, decision)
-            if rejected:  # a template the API server refuses: the planner marks the Rollout Invalid
-                decision = plan(replace(inp, obs=replace(inp.obs, workload_rejected=rejected)))
-        cleared: list[str] = []
-        try:
-            _apply(ctx, body, spec, decision, raw_status, cleared)
-            _observe_metrics(ns, name, status, decision, now)
-            return decision
-        except Conflict:
-            metrics.CONFLICTS.inc()
-            log.info("conflict; re-reading and re-planning", namespace=ns, rollout=name, attempt=attempt)
-            if cleared:
-                carried_action = cleared[0]  # we consumed it before the status write failed: keep it
-            body = ctx.kube.get_rollout(ns, name)
-    raise Conflict(f"gave up after {MAX_CONFLICT_RETRIES} conflicts")
-
-
-def _read_status(raw: dict[str, Any]) -> RolloutStatus:
+def read_status(raw: dict[str, Any]) -> RolloutStatus:
     try:
         return RolloutStatus.model_validate(raw)
     except ValidationError as exc:
@@ -177,12 +75,110 @@ def _read_status(raw: dict[str, Any]) -> RolloutStatus:
         return RolloutStatus()
 
 
+def _spec(body: dict[str, Any]) -> RolloutSpec | None:
+    try:
+        return RolloutSpec.model_validate(body.get("spec") or {})
+    except ValidationError:
+        return None
+
+
+def measurement_request(ctx: Context, snap: Snapshot, now: datetime) -> MeasurementRequest | None:
+    """What this rollout needs from Prometheus now (the planner's rule; None when nothing is due)."""
+    spec = _spec(snap.body)
+    if spec is None:
+        return None
+    meta = snap.body["metadata"]
+    return request_for(meta["namespace"], meta["name"], spec, read_status(copy.deepcopy(snap.body.get("status") or {})),
+                       dict(meta.get("labels") or {}), snap.namespace_labels, snap.policies.valid,
+                       snap.policies.invalid, ctx.default_prometheus, now)
+
+
+def fetch_samples(ctx: Context, requests: list[MeasurementRequest]) -> dict[tuple[str, str], Samples]:
+    """Ask Prometheus once per distinct query for every request, and split the answers per rollout."""
+    out: dict[tuple[str, str], Samples] = {}
+    for url, queries in measurement.queries(requests).items():
+        answers = ctx.prometheus(url).run(queries)
+        metrics.PROMETHEUS_QUERIES.inc(len(queries))
+        for req in requests:
+            if req.url == url:
+                out[req.key] = measurement.samples_for(req, answers)
+    for req in requests:
+        if req.url is None:
+            out[req.key] = measurement.samples_for(req, {})
+    return out
+
+
+def sample(client: PrometheusClient, metrics_: list[MetricSpec], qctx: QueryContext,
+           baselines: bool = True) -> Samples:
+    """One rollout's numbers, asked the way the operator does (for tests and benchmarks)."""
+    wanted = tuple(m.name for m in metrics_ if m.kind == "orderRateDrop" and m.max_baseline_drop) if baselines else ()
+    req = MeasurementRequest((qctx.namespace, qctx.rollout), client.url, qctx, tuple(metrics_), wanted)
+    return measurement.samples_for(req, client.run(measurement.queries([req])[client.url]))
+
+
+def measure(client: PrometheusClient, metrics_: list[MetricSpec], qctx: QueryContext, now: datetime,
+            state: AnalysisState | None = None) -> tuple[list[Measurement], AnalysisState]:
+    """One look at one rollout, judged the way the planner does: its verdicts, and the analysis state
+    to pass to the next look (sequential tests continue from it)."""
+    before = state or AnalysisState()
+    samples = sample(client, metrics_, qctx, baselines=not any(m.baseline_known for m in before.metrics))
+    judged = judge(metrics_, samples, before, now)
+    after = record_measurements(before, (), now, samples.baselines, tuple(judged))
+    return [j.measurement for j in judged], after
+
+
+def reconcile(ctx: Context, snap: Snapshot, samples: Samples | None) -> Decision:
+    """Reconcile once; on a 409 re-read the Rollout and re-plan with the same samples."""
+    body = snap.body
+    carried_action: str | None = None
+    for attempt in range(MAX_CONFLICT_RETRIES):
+        # Re-read objects may hold writes made after a first `now` (an approval): timing a step from
+        # before them would let it start before the gate was really passed.
+        now = ctx.now()
+        meta = body["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        annotations = dict(meta.get("annotations") or {})
+        if carried_action is not None:
+            annotations[names.ANN_ACTION] = carried_action
+        raw_status = copy.deepcopy(body.get("status") or {})
+        status = read_status(raw_status)
+        spec = _spec(body)
+        if spec is None:
+            try:
+                RolloutSpec.model_validate(body.get("spec") or {})
+                problems = "unreadable spec"
+            except ValidationError as exc:
+                problems = "; ".join(errors.describe(exc))
+            decision = invalid(status, problems, int(meta.get("generation") or 0), now)
+        else:
+            inp = _input(ctx, body, annotations, spec, status, snap, samples, now)
+            decision = plan(inp)
+            rejected = _dry_run(ctx, body, spec, decision, snap)
+            if rejected:  # a template the API server refuses: the planner marks the Rollout Invalid
+                decision = plan(replace(inp, obs=replace(inp.obs, workload_rejected=rejected)))
+        cleared: list[str] = []
+        try:
+            _apply(ctx, body, spec, decision, raw_status, cleared, snap)
+            _observe_metrics(ns, name, status, decision, now)
+            return decision
+        except Conflict as exc:
+            metrics.CONFLICTS.inc()
+            log.info("conflict; re-reading and re-planning", namespace=ns, rollout=name, attempt=attempt)
+            if cleared:
+                carried_action = cleared[0]  # we consumed it before the status write failed: keep it
+            body = ctx.kube.get_rollout(ns, name)
+            if isinstance(exc, RouteConflict) and snap.route is not None:
+                # The route changed under our patch (its `test` failed, 422): plan from a fresh read.
+                route = (snap.route.get("metadata") or {}).get("name")
+                snap = replace(snap, route=ctx.kube.get_route(ns, str(route)))
+    raise Conflict(f"gave up after {MAX_CONFLICT_RETRIES} conflicts")
+
+
 def _input(ctx: Context, body: dict[str, Any], annotations: dict[str, str], spec: RolloutSpec,
-           status: RolloutStatus, policies: PolicySet, namespace_labels: dict[str, str],
-           measurements: tuple[Measurement, ...], now: datetime) -> RolloutInput:
+           status: RolloutStatus, snap: Snapshot, samples: Samples | None, now: datetime) -> RolloutInput:
     meta = body["metadata"]
     ns, name = meta["namespace"], meta["name"]
-    approvals, problems = _approvals(annotations, ctx.key)
+    entries, problems = approval.parse_record(annotations.get(names.ANN_APPROVALS))
     return RolloutInput(
         namespace=ns,
         name=name,
@@ -192,39 +188,40 @@ def _input(ctx: Context, body: dict[str, Any], annotations: dict[str, str], spec
         spec=spec,
         status=status,
         obs=Observations(
-            stable=observe_deployment(ctx.kube.get_deployment(ns, names.deployment_name(name, "stable"))),
-            canary=observe_deployment(ctx.kube.get_deployment(ns, names.deployment_name(name, "canary"))),
-            service_exists=spec.service is None or ctx.kube.service_exists(ns, spec.service.name),
-            namespace_labels=namespace_labels,
-            policies=policies.valid,
-            invalid_policies=policies.invalid,
-            approvals=approvals,
-            approval_problems=problems,
+            stable=snap.stable,
+            canary=snap.canary,
+            service_exists=snap.service_exists,
+            namespace_labels=snap.namespace_labels,
+            policies=snap.policies.valid,
+            invalid_policies=snap.policies.invalid,
+            approvals=tuple(ApprovalObs(e, approval.verify(e, ctx.key)) for e in entries),
+            approval_problems=tuple(problems),
             author_verified=approval.verify_author(
                 annotations.get(names.ANN_AUTHOR_SIGNATURE), f"{ns}/{name}", revision_of(spec.template),
                 annotations.get(names.ANN_AUTHOR), ctx.key,
             ),
-            measurements=measurements,
+            samples=samples,
+            route=snap.route,
+            track_services=snap.track_services,
         ),
         now=now,
     )
 
 
-def _dry_run(ctx: Context, body: dict[str, Any], spec: RolloutSpec, decision: Decision) -> str | None:
+def _dry_run(ctx: Context, body: dict[str, Any], spec: RolloutSpec, decision: Decision, snap: Snapshot) -> str | None:
     """Why the API server would refuse a Deployment the decision asks for (checked before the status
     is written, so a template it refuses never shows up as progress)."""
     for a in decision.actions:
         if isinstance(a, ApplyDeployment):
-            why = ctx.kube.dry_run_deployment(body["metadata"]["namespace"], deployment_body(body, spec, a))
+            exists = (snap.stable if a.track == "stable" else snap.canary) is not None
+            why = ctx.kube.dry_run_deployment(body["metadata"]["namespace"], deployment_body(body, spec, a), exists)
             if why:
                 return why
     return None
 
 
 def _apply(ctx: Context, body: dict[str, Any], spec: RolloutSpec | None, decision: Decision,
-           raw_status: dict[str, Any], cleared: list[str]) -> None:
-    """Write in the order that keeps promises across a crash: consume the action, persist the decision
-    in status (optimistically locked), then make the workloads match it (idempotent)."""
+           raw_status: dict[str, Any], cleared: list[str], snap: Snapshot) -> None:
     kube, meta = ctx.kube, body["metadata"]
     ns, name, rv = meta["namespace"], meta["name"], meta["resourceVersion"]
     for a in decision.actions:
@@ -241,17 +238,23 @@ def _apply(ctx: Context, body: dict[str, Any], spec: RolloutSpec | None, decisio
     for a in decision.actions:
         if isinstance(a, ApplyDeployment) and spec is not None:
             dep = deployment_body(body, spec, a)
-            if kube.get_deployment(ns, dep["metadata"]["name"]) is None:
+            exists = (snap.stable if a.track == "stable" else snap.canary) is not None
+            if not exists:
                 try:
                     kube.create_deployment(ns, dep)
                     continue
                 except Conflict:
-                    pass
+                    pass  # the cache lagged: it exists, so put the template in place
             kube.replace_deployment_template(ns, dep["metadata"]["name"], dep["spec"]["template"], a.replicas)
         elif isinstance(a, ScaleDeployment):
             kube.scale_deployment(ns, names.deployment_name(name, a.track), a.replicas)
         elif isinstance(a, EnsureService):
             kube.create_service(ns, service_body(body, a))
+        elif isinstance(a, PatchRoute):
+            try:
+                kube.patch_route(ns, a.name, list(a.patch))
+            except NotFound:  # deleted meanwhile: its DELETED event wakes the rollout, which then holds
+                log.info("HTTPRoute gone before its patch", namespace=ns, route=a.name)
     for ev in decision.events():
         _event(kube, body, ev)
 
@@ -266,10 +269,15 @@ def _event(kube: Kube, body: dict[str, Any], ev: RecordEvent) -> None:
 def _observe_metrics(ns: str, name: str, before: RolloutStatus, decision: Decision, now: datetime) -> None:
     after = decision.status
     metrics.set_phase(ns, name, after.phase)
-    if after.phase == "RolledBack" and before.phase != "RolledBack":
-        reason = "abort" if "abort action" in after.message else "analysis"
-        metrics.ROLLBACKS.labels(ns, reason).inc()
+    for track in decision.drift:
+        metrics.DRIFT_REVERTED.labels(ns, track).inc()
+    if decision.rollback is not None:
+        metrics.ROLLBACKS.labels(ns, decision.rollback).inc()
     if after.phase == "Healthy" and before.phase == "Promoting":
         metrics.PROMOTIONS.labels(ns).inc()
     if before.phase == "AwaitingApproval" and after.phase != "AwaitingApproval" and before.step_started_at:
         metrics.GATE_WAIT.observe((now - before.step_started_at).total_seconds())
+    watched = after.watch.analysis.metrics if after.watch is not None else []
+    for m in [*after.analysis.metrics, *watched]:
+        if m.last is not None and m.last.time == now and before.analysis.last_run_at != now:
+            metrics.VERDICTS.labels(m.metric, m.last.verdict, m.mode).inc()

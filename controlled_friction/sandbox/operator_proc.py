@@ -35,7 +35,6 @@ class OperatorProcess:
     log_path: Path
     webhook_port: int
     metrics_port: int = 0
-    tick_seconds: float = 1.0
     peering: str | None = None
     priority: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
@@ -57,7 +56,6 @@ class OperatorProcess:
         env = {
             **os.environ,
             "CF_PROMETHEUS_URL": info.prometheus_url,
-            "CF_TICK_SECONDS": str(self.tick_seconds),
             "CF_CERT_DIR": str(info.state_dir / "operator-certs"),
             **self.extra_env,
         }

@@ -10,6 +10,10 @@ backendRef weights, as a Gateway would: a track's share then goes to its ready p
 number, a track with weight but no ready pod answers its share 503 (no healthy upstream), and the
 share of backends that are not a track of this service is served elsewhere (not counted).
 
+A profile with `after_seconds` (annotation `fault-after`) behaves healthy until its revision's pods
+have served that long (counted from the first tick any track of the revision had a ready pod, so a
+canary that is promoted keeps its clock): failures that appear only after promotion.
+
 Per request of a track with fault profile (e, d):
 
 - it fails with probability base_error_rate + e (base failures answer 503, fault failures 500);
@@ -27,7 +31,7 @@ import math
 import random
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from controlled_friction import names
@@ -47,10 +51,11 @@ class FaultProfile:
     error_rate: float = 0.0  # extra probability that a request fails
     order_drop: float = 0.0  # fraction of a successful request's orders that are lost
     latency_ms: float = 0.0  # added to every request's latency
+    after_seconds: float = 0.0  # the profile applies only once the revision has served this long
 
     @property
     def healthy(self) -> bool:
-        return self == HEALTHY
+        return replace(self, after_seconds=0.0) == HEALTHY
 
 
 HEALTHY = FaultProfile()
@@ -66,13 +71,15 @@ _FIELDS = (
     (names.SIM_ERROR_RATE, "error_rate", 1.0),
     (names.SIM_ORDER_DROP, "order_drop", 1.0),
     (names.SIM_LATENCY_MS, "latency_ms", 600_000.0),
+    (names.SIM_FAULT_AFTER, "after_seconds", 7 * 86_400.0),
 )
 
 
 def parse_fault_profile(annotations: Mapping[str, str] | None) -> ParsedProfile:
     """Read the `sim.controlled-friction.io/*` annotations; a bad value counts as healthy (0).
 
-    Values are decimal numbers: error-rate and order-drop in [0, 1], latency-ms in [0, 600000].
+    Values are decimal numbers: error-rate and order-drop in [0, 1], latency-ms in [0, 600000],
+    fault-after in seconds [0, 604800].
     """
     values: dict[str, float] = {}
     problems: list[str] = []
@@ -284,11 +291,18 @@ class TrafficModel:
         self._series: dict[SeriesKey, SeriesCounters] = {}
         self._shares: dict[ServiceKey, dict[str, float]] = {}
         self._ready: dict[SeriesKey, int] = {}
+        self._clock = 0.0  # seconds of traffic served so far (the sum of every tick's dt)
+        self._first_served: dict[tuple[str, str, str], float] = {}  # (namespace, service, revision) -> clock
 
     def tick(self, topology: Topology, dt: float) -> None:
         """Serve `dt` seconds of traffic for every service of `topology`."""
         with self._lock:
             self._shares, self._ready = {}, {}
+            for key, state in topology.items():
+                for t in state.tracks:
+                    if t.ready > 0:
+                        self._first_served.setdefault((key.namespace, key.service, t.revision), self._clock)
+            self._clock += max(0.0, dt)
             for key, state in sorted(topology.items()):
                 self._tick_service(key, state, max(0.0, dt))
 
@@ -310,7 +324,7 @@ class TrafficModel:
         n = self._sampler.poisson(rate * dt)
         for t, count in zip(tracks, self._sampler.multinomial(n, [t.ready for t in tracks]), strict=True):
             sk = SeriesKey(key.namespace, key.service, t.track, t.revision)
-            self._serve(self._series.setdefault(sk, SeriesCounters()), t.faults, count)
+            self._serve(self._series.setdefault(sk, SeriesCounters()), self._faults(key, t), count)
 
     def _tick_routed(self, key: ServiceKey, state: ServiceState, route: RouteSplit, dt: float) -> None:
         track_names = sorted({t.track for t in state.tracks} | {k for k, w in route.weights.items() if w > 0})
@@ -334,10 +348,18 @@ class TrafficModel:
             if ready:
                 for t, k in zip(ready, self._sampler.multinomial(count, [t.ready for t in ready]), strict=True):
                     sk = SeriesKey(key.namespace, key.service, t.track, t.revision)
-                    self._serve(self._series.setdefault(sk, SeriesCounters()), t.faults, k)
+                    self._serve(self._series.setdefault(sk, SeriesCounters()), self._faults(key, t), k)
             elif of_track:  # weight but no ready pod: 503 from the gateway, counted on the track
                 sk = SeriesKey(key.namespace, key.service, name, of_track[0].revision)
                 self._unavailable(self._series.setdefault(sk, SeriesCounters()), count)
+
+    def _faults(self, key: ServiceKey, t: Track) -> FaultProfile:
+        """The track's profile in force: healthy until its revision has served `after_seconds`."""
+        f = t.faults
+        if f.after_seconds <= 0:
+            return f
+        since = self._first_served.get((key.namespace, key.service, t.revision), self._clock)
+        return f if self._clock - since >= f.after_seconds else HEALTHY
 
     def _unavailable(self, c: SeriesCounters, n: int) -> None:
         """Requests with no healthy upstream: all 503; the orders they would have placed are lost."""

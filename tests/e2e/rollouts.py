@@ -25,7 +25,8 @@ def critical_policy() -> dict[str, Any]:
         "metadata": {"name": POLICY},
         "spec": {
             "selector": {"rolloutSelector": {"matchLabels": {names.LABEL_TIER: "critical"}}},
-            "rules": {"approvals": {"count": 2, "approverGroups": [names.SENIOR_GROUP], "expiry": "1h"}},
+            "rules": {"approvals": {"count": 2, "approverGroups": [names.SENIOR_GROUP], "expiry": "1h"},
+                      "deletion": {"count": 2, "approverGroups": [names.SENIOR_GROUP], "expiry": "1h"}},
         },
     }
 

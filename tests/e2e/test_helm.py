@@ -159,6 +159,7 @@ def _can(release: dict[str, str], verb: str, resource: str, namespace: str | Non
 
 ROLLOUTS = f"{names.ROLLOUT_PLURAL}.{names.GROUP}"
 POLICIES = f"{names.POLICY_PLURAL}.{names.GROUP}"
+HTTPROUTES = "httproutes.gateway.networking.k8s.io"
 
 
 def test_operator_rbac_grants_what_the_operator_calls_and_no_more(release: dict[str, str]) -> None:
@@ -169,7 +170,8 @@ def test_operator_rbac_grants_what_the_operator_calls_and_no_more(release: dict[
         ("patch", ROLLOUTS, "shop", "status"),
         ("watch", POLICIES, None, None), ("patch", POLICIES, None, "status"),
         ("create", "deployments.apps", "shop", None), ("patch", "deployments.apps", "shop", None),
-        ("get", "services", "shop", None), ("create", "services", "shop", None),
+        ("get", "services", "shop", None), ("create", "services", "shop", None), ("watch", "services", None, None),
+        ("watch", HTTPROUTES, None, None), ("get", HTTPROUTES, "shop", None), ("patch", HTTPROUTES, "shop", None),
         ("create", "events", "shop", None), ("patch", "events", "shop", None),
         ("watch", "namespaces", None, None),
         ("watch", "customresourcedefinitions.apiextensions.k8s.io", None, None),
@@ -184,7 +186,7 @@ def test_operator_rbac_grants_what_the_operator_calls_and_no_more(release: dict[
         ("get", f"secrets/{signing_key.KEY_SECRET_NAME}", "shop", None), ("list", "secrets", own, None),
         ("get", "secrets/other", own, None), ("get", "pods", "shop", None), ("create", "pods", "shop", "exec"),
         ("delete", "deployments.apps", "shop", None), ("delete", ROLLOUTS, "shop", None),
-        ("create", POLICIES, None, None),
+        ("create", POLICIES, None, None), ("create", HTTPROUTES, "shop", None), ("delete", HTTPROUTES, "shop", None),
         ("patch", "validatingwebhookconfigurations.admissionregistration.k8s.io/other", None, None),
         ("patch", "clusterkopfpeerings.kopf.dev/other", None, None),
         ("create", "clusterrolebindings.rbac.authorization.k8s.io", None, None),

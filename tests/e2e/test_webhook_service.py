@@ -94,7 +94,10 @@ def test_webhooks_reached_through_a_service_verify_approvals(service_mode: Servi
         client = hook["clientConfig"]
         assert "url" not in client, client
         assert client["service"]["name"] == SERVICE and client["service"]["namespace"] == names.OPERATOR_NAMESPACE
-        assert hook["failurePolicy"] == "Fail"
+        # The scale-subresource guard cannot be scoped to owned Deployments (a Scale has no labels), so it
+        # does not fail closed for every Deployment in the cluster; drift repair restores replicas anyway.
+        want = "Ignore" if hook["name"].startswith("owned-deployments-scale.") else "Fail"
+        assert hook["failurePolicy"] == want, hook["name"]
 
     kube = admin()
     v1 = rollout(namespace, "shop/app:1", GATED, critical=True)

@@ -1,0 +1,106 @@
+"""The scheduler: wake-ups on change or at the planner's instant, batches of due keys, never one
+key twice at once, and nothing at all while this replica stands by."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+from controlled_friction.operator.peering import is_active
+from controlled_friction.operator.scheduler import Scheduler
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_due_keys_are_processed_together_and_rescheduled_at_the_planners_instant():
+    async def main() -> list[list[tuple[str, str]]]:
+        clock = Clock()
+        batches: list[list[tuple[str, str]]] = []
+
+        async def process(keys):
+            batches.append(sorted(keys))
+            return {k: (clock.t + 30 if k[1] == "baking" else None) for k in keys}
+
+        s = Scheduler(process, lambda: True, clock)
+        task = asyncio.create_task(s.run())
+        s.wake_all([("ns", "baking"), ("ns", "healthy"), ("ns", "other")])
+        await asyncio.sleep(0.2)
+        assert s.pending() == 1, "only the baking rollout asked to be woken"
+        clock.t += 31
+        s.wake(("ns", "noise"), at=clock.t + 100)  # a later wake-up does not postpone the bake
+        await asyncio.sleep(1.2)
+        task.cancel()
+        return batches
+
+    batches = run(main())
+    assert batches[0] == [("ns", "baking"), ("ns", "healthy"), ("ns", "other")]
+    assert [("ns", "baking")] in batches[1:]
+    assert all(("ns", "healthy") not in b for b in batches[1:])
+
+
+def test_a_wake_up_during_processing_runs_the_key_again_afterwards():
+    async def main() -> int:
+        runs = 0
+        gate = asyncio.Event()
+
+        async def process(keys):
+            nonlocal runs
+            runs += 1
+            if runs == 1:
+                await gate.wait()
+            return {}
+
+        s = Scheduler(process, lambda: True)
+        task = asyncio.create_task(s.run())
+        s.wake(("ns", "a"))
+        await asyncio.sleep(0.2)
+        s.wake(("ns", "a"))  # arrives while the first run is in flight
+        await asyncio.sleep(0.2)
+        assert runs == 1, "the same key ran twice at once"
+        gate.set()
+        await asyncio.sleep(0.3)
+        task.cancel()
+        return runs
+
+    assert run(main()) == 2
+
+
+def test_a_standby_replica_processes_nothing():
+    async def main() -> int:
+        runs = 0
+
+        async def process(keys):
+            nonlocal runs
+            runs += 1
+            return {}
+
+        s = Scheduler(process, lambda: False)
+        task = asyncio.create_task(s.run())
+        s.wake(("ns", "a"))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        return runs
+
+    assert run(main()) == 0
+
+
+def test_peering_rule_matches_kopf():
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    fresh = (now - timedelta(seconds=5)).isoformat()
+    stale = (now - timedelta(seconds=120)).isoformat()
+    me = {"priority": 10, "lifetime": 60, "lastseen": fresh}
+    assert is_active({"me": me}, "me", 10, now)
+    assert not is_active({"me": me, "b": {"priority": 20, "lifetime": 60, "lastseen": fresh}}, "me", 10, now)
+    assert not is_active({"me": me, "b": {"priority": 10, "lifetime": 60, "lastseen": fresh}}, "me", 10, now)
+    assert is_active({"me": me, "b": {"priority": 5, "lifetime": 60, "lastseen": fresh}}, "me", 10, now)
+    assert is_active({"me": me, "b": {"priority": 99, "lifetime": 60, "lastseen": stale}}, "me", 10, now)
