@@ -104,3 +104,37 @@ def test_peering_rule_matches_kopf():
     assert not is_active({"me": me, "b": {"priority": 10, "lifetime": 60, "lastseen": fresh}}, "me", 10, now)
     assert is_active({"me": me, "b": {"priority": 5, "lifetime": 60, "lastseen": fresh}}, "me", 10, now)
     assert is_active({"me": me, "b": {"priority": 99, "lifetime": 60, "lastseen": stale}}, "me", 10, now)
+
+
+def test_wake_up_handlers_run_on_the_schedulers_loop():
+    """kopf runs sync handlers in threads; a wake-up from a thread may not wake the loop (seen: a
+    canary waited for the 60 s resync instead of its Deployment's readiness event)."""
+    import inspect
+
+    from controlled_friction.operator import handlers
+
+    for fn in (handlers.rollout_changed, handlers.deployment_changed, handlers.service_changed,
+               handlers.route_changed, handlers.namespace_changed, handlers.policy_changed):
+        assert inspect.iscoroutinefunction(fn), fn.__name__
+
+
+def test_a_wake_up_interrupts_a_long_wait():
+    async def main() -> float:
+        clock = Clock()
+        seen: list[float] = []
+
+        async def process(keys):
+            seen.append(asyncio.get_running_loop().time())
+            return {}
+
+        s = Scheduler(process, lambda: True, clock)
+        s.wake(("ns", "later"), at=clock.t + 50)  # the loop now sleeps up to 50 s
+        task = asyncio.create_task(s.run())
+        await asyncio.sleep(0.2)
+        start = asyncio.get_running_loop().time()
+        s.wake(("ns", "now"))
+        await asyncio.sleep(0.5)
+        task.cancel()
+        return seen[0] - start if seen else 99.0
+
+    assert run(main()) < 0.5

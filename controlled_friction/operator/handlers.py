@@ -128,6 +128,8 @@ def route_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> 
 
 
 # ---------------------------------------------------------------- wake-ups
+# These handlers are async on purpose: kopf runs sync handlers in threads, and the scheduler (an
+# asyncio loop) must only be touched from its own loop, or a wake-up may sleep until a timeout.
 
 
 def _op(memo: kopf.Memo) -> Operator | None:
@@ -135,7 +137,7 @@ def _op(memo: kopf.Memo) -> Operator | None:
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.ROLLOUT_PLURAL)  # type: ignore[arg-type]
-def rollout_changed(type: str, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def rollout_changed(type: str, namespace: str, name: str, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     op = _op(memo)
     if op is None:
         return
@@ -154,14 +156,14 @@ def rollout_changed(type: str, namespace: str, name: str, body: kopf.Body, memo:
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={names.LABEL_ROLLOUT: kopf.PRESENT})  # type: ignore[arg-type]
-def deployment_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def deployment_changed(namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     op = _op(memo)
     if op is not None and labels.get(names.LABEL_ROLLOUT):
         op.scheduler.wake((namespace, str(labels[names.LABEL_ROLLOUT])))
 
 
 @kopf.on.event("", "v1", "services")  # type: ignore[arg-type]
-def service_changed(type: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+async def service_changed(type: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     op = _op(memo)
     if op is not None and type in ("DELETED", "ADDED"):
         op.scheduler.wake_all(op.world.rollout_keys(namespace))
@@ -169,7 +171,7 @@ def service_changed(type: str, namespace: str, memo: kopf.Memo, **_: Any) -> Non
 
 @kopf.on.event(traffic_routing.GATEWAY_GROUP, traffic_routing.HTTPROUTE_VERSION,  # type: ignore[arg-type]
                traffic_routing.HTTPROUTE_PLURAL)
-def route_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def route_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     """A route's weights moved (our own write read back, or someone else's) or it came or went."""
     op = _op(memo)
     if op is not None:
@@ -177,7 +179,7 @@ def route_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "namespaces")
-def namespace_changed(name: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
+async def namespace_changed(name: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any) -> None:
     op = _op(memo)
     if op is None:
         return
@@ -188,7 +190,7 @@ def namespace_changed(name: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any)
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.POLICY_PLURAL)
-def policy_changed(type: str, name: str, spec: kopf.Spec, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
+async def policy_changed(type: str, name: str, spec: kopf.Spec, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
     """Every Rollout may be affected; also say on the policy itself whether it is valid."""
     op = _op(memo)
     if op is None:
@@ -200,7 +202,7 @@ def policy_changed(type: str, name: str, spec: kopf.Spec, status: kopf.Status, m
     want = {"valid": not problems, "message": "; ".join(problems) or "policy is valid"}
     if dict(status).get("valid") != want["valid"] or dict(status).get("message") != want["message"]:
         try:
-            op.kube.patch_policy_status(name, want)
+            await asyncio.get_running_loop().run_in_executor(op.pool, op.kube.patch_policy_status, name, want)
         except Exception:
             log.exception("could not write policy status", policy=name)
 

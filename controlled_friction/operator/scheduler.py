@@ -34,7 +34,8 @@ class Scheduler:
     # -- called from the event loop
 
     def wake(self, key: Key, at: float | None = None) -> None:
-        """Reconcile `key` at `at` (now if None), or earlier if it is already due earlier."""
+        """Reconcile `key` at `at` (now if None), or earlier if it is already due earlier.
+        Call it on the scheduler's event loop (asyncio primitives are not thread-safe)."""
         when = self._clock() if at is None else at
         if key in self._busy and at is None:
             self._dirty.add(key)
