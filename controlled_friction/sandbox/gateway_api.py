@@ -20,11 +20,11 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from controlled_friction.sandbox.build import cache_root
+from controlled_friction.sandbox.crd_wait import wait_established
 from controlled_friction.traffic_routing import GATEWAY_GROUP as GROUP
 
 GATEWAY_API_MODULE = "sigs.k8s.io/gateway-api"
@@ -114,18 +114,7 @@ def install(kubectl: Kubectl, stamp: Path, *, say: Callable[[str], None] = _log,
         return
     say(f"installing Gateway API {GATEWAY_API_VERSION} standard-channel CRDs")
     kubectl("apply", "--server-side", "--force-conflicts", f"--field-manager={FIELD_MANAGER}", "-f", "-", stdin=text)
-    # Polled rather than `kubectl wait`, which fails on a just-created CRD that has no conditions yet.
-    deadline = time.monotonic() + timeout
-    query = '{range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Established")].status}{"\\n"}{end}'
-    while True:
-        out = kubectl("get", "crd", "-o", f"jsonpath={query}", check=False).stdout
-        established = {line.partition("=")[0] for line in out.splitlines() if line.endswith("=True")}
-        missing = [name for name in REQUIRED_CRDS if name not in established]
-        if not missing:
-            break
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Gateway API CRDs not Established after {timeout:.0f}s: {', '.join(missing)}")
-        time.sleep(0.25)
+    wait_established(kubectl, REQUIRED_CRDS, timeout)
     stamp.write_text(digest)
 
 

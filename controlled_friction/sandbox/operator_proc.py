@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from controlled_friction.sandbox import cluster
+from controlled_friction.sandbox.crd_wait import wait_established
 
 
 def crd_manifests() -> str:
@@ -24,8 +25,7 @@ def crd_manifests() -> str:
 
 def install_crds() -> None:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", stdin=crd_manifests())
-    for crd in ("rollouts.controlled-friction.io", "frictionpolicies.controlled-friction.io"):
-        cluster.kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    wait_established(cluster.kubectl, ("rollouts.controlled-friction.io", "frictionpolicies.controlled-friction.io"))
 
 
 @dataclass

@@ -61,9 +61,8 @@ def helm(sandbox: SandboxInfo, tmp_path_factory: pytest.TempPathFactory) -> Any:
 def chart_crds(sandbox: SandboxInfo) -> None:
     """The chart's CRDs (ours plus kopf's peering CRD), as `helm install` would create them."""
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CHART / "crds"))
-    for crd in ("rollouts.controlled-friction.io", "frictionpolicies.controlled-friction.io",
-                "clusterkopfpeerings.kopf.dev"):
-        kubectl("wait", "--for=condition=Established", f"crd/{crd}", "--timeout=60s")
+    wait_established(kubectl, ("rollouts.controlled-friction.io", "frictionpolicies.controlled-friction.io",
+                               "clusterkopfpeerings.kopf.dev"))
 
 
 def _server_dry_run(manifest: str) -> list[str]:
