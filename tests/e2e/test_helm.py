@@ -23,6 +23,7 @@ from kubernetes import client
 from controlled_friction import names, signing_key
 from controlled_friction.sandbox.build import KUBERNETES_VERSION, binary, ensure_built
 from controlled_friction.sandbox.cluster import SandboxInfo, kubectl
+from controlled_friction.sandbox.crd_wait import wait_established
 
 from .waiting import wait_for
 
