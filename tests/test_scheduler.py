@@ -113,8 +113,14 @@ def test_wake_up_handlers_run_on_the_schedulers_loop():
 
     from controlled_friction.operator import handlers
 
+    from controlled_friction.operator import indexes
+
     for fn in (handlers.rollout_changed, handlers.deployment_changed, handlers.service_changed,
-               handlers.route_changed, handlers.namespace_changed, handlers.policy_changed):
+               handlers.route_changed, handlers.namespace_changed, handlers.policy_changed,
+               # and the indexes, so an admission burst in kopf's thread pool never holds up the watches
+               handlers.rollout_index, handlers.deployment_index, handlers.service_index, handlers.route_index,
+               indexes.policy_index, indexes.namespace_index, indexes.owner_index, indexes.rollout_uid_index,
+               indexes.terminating_namespace_index):
         assert inspect.iscoroutinefunction(fn), fn.__name__
 
 

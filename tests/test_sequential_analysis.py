@@ -8,6 +8,7 @@ through its wire form, as a restarted operator would read it.
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -248,3 +249,42 @@ def test_a_look_before_the_canary_serves_lets_its_first_serving_look_compare() -
     looks.look((40, 0), (1900, 570))
     s = looks.metric_state.sequential
     assert s.canary_requests == 40 and s.stable_requests == 900 and s.stable_events == 270
+
+
+# ---------------------------------------------------------------- restarts
+
+
+def test_a_fault_that_starts_late_is_not_held_back_by_the_healthy_evidence_before_it() -> None:
+    looks = Looks(ORDERS, wire=False)
+    looks.look(None, (1000, 300))
+    healthy = traffic(looks, 150, canary_rps=10, canary_rate=0.3, stable_rps=40, stable_rate=0.3,
+                      start=(0, 0, 1000, 300))  # 5 minutes at 20%
+    assert all(m.verdict == "pass" for m in healthy[5:])
+    ms = looks.metric_state
+    assert [r.index for r in ms.restarts] == [28, 29, 30] and ms.restarts[-1].test.looks == 0
+    s = ms.sequential
+    start = (s.canary_requests, s.canary_events, 1000 + s.stable_requests, 300 + s.stable_events)
+    faulty = traffic(looks, 30, canary_rps=10, canary_rate=0.003, stable_rps=40, stable_rate=0.3, start=start)
+    first = next(i for i, m in enumerate(faulty) if m.verdict == "fail")
+    assert faulty[first].decisive and "(main test and 3 restarted)" in faulty[first].message
+    assert (first + 1) * 2 <= 16, f"caught only after {(first + 1) * 2}s"
+    main_alone = looks.metric_state.sequential.log_e_value
+    assert main_alone < math.log(100), "the main test alone would not have caught it yet"
+
+
+def test_restarts_keep_the_false_rollback_budget_over_a_long_canary() -> None:
+    # 80 canaries of 100 looks (a restart every 5) sitting exactly on maxRatio, the hardest healthy
+    # case, seeded: at most 1% should be rolled back.
+    rng = random.Random(12)
+    metric = MetricSpec.model_validate({"name": "errors", "kind": "errorRatio", "maxRatio": 0.05})
+    rolled_back = 0
+    for _ in range(80):
+        looks = Looks(metric, wire=False)
+        n = x = 0.0
+        for _ in range(100):
+            n += 20
+            x += sum(rng.random() < 0.05 for _ in range(20))
+            if looks.look((n, x), (4 * n, 0.2 * n)).verdict == "fail":
+                rolled_back += 1
+                break
+    assert rolled_back <= 2, rolled_back  # expected <= 0.8; a little room for chance

@@ -429,6 +429,14 @@ class CounterTotals(StatusModel):
     stable_events: float | None = Field(default=None, description="Stable's 5xx or orders counter.")
 
 
+class RestartedTest(StatusModel):
+    """A sequential test started later in the canary (the j-th restart), so a fault that appears after
+    a long healthy stretch is not held back by the evidence that stretch gave for "healthy"."""
+
+    index: int = Field(description="j: its weight in the combined evidence is restartBudget * 6/(pi^2 j^2).")
+    test: SequentialState = Field(description="The test, started at look `index` x the restart period.")
+
+
 class MetricState(StatusModel):
     metric: str = Field(description="Name of the metric.")
     mode: MetricMode = Field(default="enforce", description="enforce, or observe (shadow: never rolls back).")
@@ -455,6 +463,9 @@ class MetricState(StatusModel):
     )
     sequential: SequentialState | None = Field(
         default=None, description="The anytime-valid test of this metric for the canary revision."
+    )
+    restarts: list[RestartedTest] = Field(
+        default_factory=list, description="The latest restarted tests (their evidence adds to the main test's)."
     )
 
 

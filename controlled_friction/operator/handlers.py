@@ -55,7 +55,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
     settings.watching.client_timeout = 90
     settings.watching.connect_timeout = 10
     settings.networking.error_backoffs = [1, 2, 5, 10]
-    settings.execution.max_workers = 4  # kopf's own sync handlers are trivial; reconciles use `pool`
+    # kopf runs sync handlers (the admission webhooks) in this pool; indexes and wake-ups are async and
+    # run on the loop, so no admission burst can hold up the watches. Reconciles use their own `pool`.
+    settings.execution.max_workers = 16
     settings.peering.name = RUN.peering or "controlled-friction"
     settings.peering.standalone = RUN.peering is None
     settings.peering.priority = RUN.priority
@@ -102,24 +104,24 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.index(names.GROUP, names.VERSION, names.ROLLOUT_PLURAL)
-def rollout_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[IndexKey, dict[str, Any]]:
+async def rollout_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[IndexKey, dict[str, Any]]:
     return {(namespace, name): dict(body)}
 
 
 @kopf.index("apps", "v1", "deployments", labels={names.LABEL_ROLLOUT: kopf.PRESENT})
-def deployment_index(
+async def deployment_index(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[IndexKey, DeploymentObs | None]:
     return {(namespace, name): observe_deployment(dict(body))}
 
 
 @kopf.index("", "v1", "services")
-def service_index(namespace: str | None, name: str, **_: Any) -> dict[IndexKey, bool]:
+async def service_index(namespace: str | None, name: str, **_: Any) -> dict[IndexKey, bool]:
     return {(namespace, name): True}
 
 
 @kopf.index(traffic_routing.GATEWAY_GROUP, traffic_routing.HTTPROUTE_VERSION, traffic_routing.HTTPROUTE_PLURAL)
-def route_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[IndexKey, dict[str, Any]]:
+async def route_index(namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[IndexKey, dict[str, Any]]:
     """HTTPRoutes (spec.trafficRouting), whole: the planner reads their rules' backendRef weights. Without
     the Gateway API CRDs kopf leaves the resource unserved and the index empty."""
     return {(namespace, name): {"metadata": {"namespace": namespace, "name": name,

@@ -1,4 +1,7 @@
-"""Watch-fed indexes that both the controller and the admission webhooks read (kopf keeps them current)."""
+"""Watch-fed indexes that both the controller and the admission webhooks read (kopf keeps them current).
+
+Index functions are async (they do no I/O): kopf runs sync handlers in a thread pool shared with the
+admission webhooks, and an admission burst must never delay the watches that feed the indexes."""
 
 from __future__ import annotations
 
@@ -18,17 +21,17 @@ def first(store: Any) -> Any:
 
 
 @kopf.index(names.GROUP, names.VERSION, names.POLICY_PLURAL)
-def policy_index(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any]]:
+async def policy_index(name: str, spec: kopf.Spec, **_: Any) -> dict[str, dict[str, Any]]:
     return {name: dict(spec)}
 
 
 @kopf.index("", "v1", "namespaces")
-def namespace_index(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+async def namespace_index(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
     return {name: dict(labels)}
 
 
 @kopf.index("apps", "v1", "deployments", labels={names.LABEL_ROLLOUT: kopf.PRESENT})
-def owner_index(namespace: str | None, name: str, meta: kopf.Meta, **_: Any) -> dict[tuple[str | None, str], Any]:
+async def owner_index(namespace: str | None, name: str, meta: kopf.Meta, **_: Any) -> dict[tuple[str | None, str], Any]:
     """(namespace, name) of each labelled Deployment -> its owning Rollout's (name, uid), or None: the
     scale subresource's body carries neither labels nor ownerReferences, so its webhook looks here."""
     owner = owning_rollout({"metadata": dict(meta)})
@@ -36,13 +39,15 @@ def owner_index(namespace: str | None, name: str, meta: kopf.Meta, **_: Any) -> 
 
 
 @kopf.index(names.GROUP, names.VERSION, names.ROLLOUT_PLURAL)
-def rollout_uid_index(namespace: str | None, name: str, meta: kopf.Meta, **_: Any) -> dict[tuple[str | None, str], Any]:
+async def rollout_uid_index(
+    namespace: str | None, name: str, meta: kopf.Meta, **_: Any
+) -> dict[tuple[str | None, str], Any]:
     """(namespace, name) of each Rollout -> (uid, being deleted): whether the owner of a workload is
     still there, for the owned-workload webhooks (in whichever process serves them)."""
     return {(namespace, name): (str(meta.get("uid") or ""), bool(meta.get("deletionTimestamp")))}
 
 
 @kopf.index("", "v1", "namespaces")
-def terminating_namespace_index(name: str, meta: kopf.Meta, **_: Any) -> dict[str, bool]:
+async def terminating_namespace_index(name: str, meta: kopf.Meta, **_: Any) -> dict[str, bool]:
     """Namespaces being deleted: the namespace controller then removes their Rollouts (out of scope)."""
     return {name: True} if meta.get("deletionTimestamp") else {}

@@ -187,6 +187,7 @@ def record_measurements(state: AnalysisState, measurements: tuple[Measurement, .
         cur = by_name.get(j.measurement.metric) or MetricState(metric=j.measurement.metric)
         if j.sequential is not None:
             cur.sequential = j.sequential
+            cur.restarts = list(j.restarts)
         if j.totals is not None:
             cur.totals = j.totals
         by_name[cur.metric] = cur

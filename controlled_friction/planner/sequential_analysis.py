@@ -16,6 +16,14 @@ the same test. Here:
 - quiet is not broken: no canary requests yet, fewer than `minRequests` seen by the test, no new
   canary requests since the last look, or no stable traffic to compare with, make the metric `quiet`
   (hold the step, never promote; `quietLimit` rolls back), with the achieved vs needed sample size.
+- restarts: evidence for "healthy" piles up while a canary is healthy, so a fault that appears late
+  (after a long healthy bake, at a higher weight) would first have to pay that back. Besides the main
+  test (weight MAIN_WEIGHT) a fresh test starts every RESTART_EVERY looks; the j-th gets weight
+  (1 - MAIN_WEIGHT) * 6/(pi^2 j^2), so the weights sum to at most 1 and the weighted sum of the
+  e-values is still an e-process for the whole canary (each restarted one is 1 until it starts): the
+  canary is rolled back when the sum reaches 1/alpha, and the false-rollback bound alpha holds over
+  the whole canary as before. Only the latest KEEP_RESTARTS are kept (dropping a term only lowers the
+  sum). Cost: a fault present from the start needs evidence 1/(alpha * MAIN_WEIGHT) instead of 1/alpha.
 - `maxBaselineDrop` (service order rate vs before the rollout) stays a plain threshold
   (`analysis.baseline_check`, failureLimit applies); see docs/sequential-analysis.md for why.
 """
@@ -41,9 +49,12 @@ from controlled_friction.analysis import (
     num,
     pct,
 )
-from controlled_friction.models.rollout import CounterTotals, Measurement, MetricSpec, MetricState
+from controlled_friction.models.rollout import CounterTotals, Measurement, MetricSpec, MetricState, RestartedTest
 from controlled_friction.sequential import Counts, SequentialState
 
+MAIN_WEIGHT = 0.8
+RESTART_EVERY = 5  # looks (10 s at the default 2 s interval)
+KEEP_RESTARTS = 3
 EVIDENCE_CAP = 1e12  # shown evidence is capped (an overwhelming fault's e-value overflows a float)
 _SLACK = 1e-9  # relative: float sums of the same counters may differ in the last bits
 
@@ -55,6 +66,19 @@ class Judged:
     measurement: Measurement
     sequential: SequentialState | None = None
     totals: CounterTotals | None = None
+    restarts: tuple[RestartedTest, ...] = ()
+
+
+def restart_weight(j: int) -> float:
+    return (1 - MAIN_WEIGHT) * 6 / (math.pi**2 * j**2)
+
+
+def combined_log_e(main: SequentialState, restarts: tuple[RestartedTest, ...] | list[RestartedTest]) -> float:
+    """log of MAIN_WEIGHT * E_main + sum_j w_j * E_j: the evidence the canary is judged on."""
+    terms = [math.log(MAIN_WEIGHT) + main.log_e_value]
+    terms += [math.log(restart_weight(r.index)) + r.test.log_e_value for r in restarts]
+    top = max(terms)
+    return top + math.log(sum(math.exp(t - top) for t in terms))
 
 
 def test_bounds(metric: MetricSpec) -> dict[str, float] | None:
@@ -184,16 +208,27 @@ def judge_builtin(metric: MetricSpec, values: dict[str, float | None], ctx: Quer
     elif state is None or not _same_test(state, bounds):
         state = sequential.start(**bounds)
     counts, note = increments(prev.totals if prev is not None else None, cur)
+    same_test = prev is not None and state is not None and prev.sequential is state
+    restarts: list[RestartedTest] = list(prev.restarts) if prev is not None and same_test else []
     if state is not None and counts is not None:
         state = sequential.observe(state, counts)
+        restarts = [RestartedTest.model_construct(index=r.index, test=sequential.observe(r.test, counts))
+                    for r in restarts]
+    if state is not None and state.looks > 0 and state.looks % RESTART_EVERY == 0 and (
+            not restarts or restarts[-1].test.looks > 0):
+        j = state.looks // RESTART_EVERY  # a data-independent schedule: the j-th restart has a fixed weight
+        restarts = [*restarts, RestartedTest(index=j, test=sequential.start(**(bounds or {})))][-KEEP_RESTARTS:]
     assessment = sequential.assess(state) if state is not None else None
+    log_e = combined_log_e(state, restarts) if state is not None else None
+    was_rejected = same_test and prev is not None and prev.last is not None and prev.last.decisive
+    rejected = state is not None and log_e is not None and (log_e >= -math.log(state.alpha) or was_rejected)
     quiet = _quiet_reason(metric, ctx, cur, counts, state, note)
     baseline = baseline_check(metric, v, ctx)
 
     parts: list[str] = []
     verdict: str
     decisive = False
-    if assessment is not None and assessment.verdict == "reject":
+    if rejected:
         verdict, decisive = "fail", True
     elif baseline is not None and baseline.verdict == "fail":
         verdict = "fail"
@@ -204,13 +239,13 @@ def judge_builtin(metric: MetricSpec, values: dict[str, float | None], ctx: Quer
         verdict = "inconclusive"
     else:
         verdict = "pass"
-    if state is not None and assessment is not None:
-        parts.append(f"{_describe(metric, state)}: {assessment.message}")
+    if state is not None and assessment is not None and log_e is not None:
+        parts.append(f"{_describe(metric, state)}: {_verdict_text(assessment, log_e, rejected, len(restarts))}")
     if baseline is not None:
         parts.append(baseline.message)
     if note and quiet != note:
         parts.append(note)
-    e = assessment.e_value if assessment is not None else None
+    e = math.exp(min(log_e, 700.0)) if log_e is not None else None
     measurement = Measurement.model_validate({
         "metric": metric.name,
         "verdict": verdict,
@@ -224,5 +259,22 @@ def judge_builtin(metric: MetricSpec, values: dict[str, float | None], ctx: Quer
         "canaryRequests": state.canary_requests if state is not None else cur.canary_requests,
         "neededRequests": assessment.needed_requests if assessment is not None else None,
     })
-    return Judged(measurement, state, cur)
+    return Judged(measurement, state, cur, tuple(restarts))
+
+
+def _verdict_text(a: sequential.Assessment, log_e: float, rejected: bool, restarts: int) -> str:
+    e = math.exp(min(log_e, 700.0))
+    later = f" (main test and {restarts} restarted)" if restarts else ""
+    if rejected:
+        worst = max(a.checks, key=lambda c: c.e_value)
+        text = (f"{worst.check} {worst.bound:g} violated: evidence {e:.3g}{later} >= {a.threshold:g} "
+                f"(false-rollback budget {1 / a.threshold:.0%})")
+    else:
+        text = f"evidence {e:.3g}{later} of {a.threshold:g} needed"
+    text += f"; {a.canary_requests:.0f} canary requests"
+    needed = [c for c in a.checks if c.needed_requests is not None]
+    if needed and not rejected:
+        best = min(needed, key=lambda c: c.needed_requests or math.inf)
+        text += f", ~{best.needed_requests:.0f} would catch {best.design_effect}"
+    return text
 
