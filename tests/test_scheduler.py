@@ -111,9 +111,7 @@ def test_wake_up_handlers_run_on_the_schedulers_loop():
     canary waited for the 60 s resync instead of its Deployment's readiness event)."""
     import inspect
 
-    from controlled_friction.operator import handlers
-
-    from controlled_friction.operator import indexes
+    from controlled_friction.operator import handlers, indexes
 
     for fn in (handlers.rollout_changed, handlers.deployment_changed, handlers.service_changed,
                handlers.route_changed, handlers.namespace_changed, handlers.policy_changed,
