@@ -238,10 +238,11 @@ def test_a_weight_that_fits_runs_as_before():
     assert w.canary is not None and w.canary.replicas == 10 and w.status.effective_weight == 50.0
 
 
-def test_a_share_above_the_step_beyond_the_tolerance_holds_and_below_it_is_served():
-    w = deployed([{"setWeight": 25}], replicas=1, router=False)  # 1 canary next to 1 stable = 50%
-    d = w.tick()
-    assert d.status.phase == "Paused" and "50.0%" in d.status.message
+def test_too_few_replicas_for_the_rollouts_own_step_serve_one_pod_and_say_so_and_below_it_is_served():
+    w = deployed([{"setWeight": 25}, {"pause": {}}], replicas=1, router=False)  # 1 canary next to 1 = 50%
+    run_until(w, lambda w: w.status.phase == "Paused")
+    assert w.status.canary_weight == 25 and w.status.effective_weight == 50.0
+    assert w.canary is not None and w.canary.replicas == 1
     w = deployed([{"setWeight": 20}, {"pause": {}}], router=False)  # 2 next to 10 = 16.7%: below, served
     run_until(w, lambda w: w.status.phase == "Paused")
     assert w.status.canary_weight == 20 and w.status.effective_weight == 16.7

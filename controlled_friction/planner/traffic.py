@@ -27,6 +27,7 @@ from typing import Any
 
 from controlled_friction import traffic_routing as tr
 from controlled_friction.decisions import ApplyDeployment, EnsureService, PatchRoute, ScaleDeployment
+from controlled_friction.effective_plan import is_ai_assisted, matching_policies
 from controlled_friction.models.rollout import PlannedStep
 from controlled_friction.planner.base import Base
 
@@ -44,26 +45,36 @@ def policy_bound(step: PlannedStep) -> int | None:
     return None
 
 
-def replica_plan(replicas: int, step: PlannedStep, tolerance: float, max_surge: int) -> tr.WeightPlan:
+def replica_plan(replicas: int, step: PlannedStep, tolerance: float, max_surge: int,
+                 bound: int | None = None) -> tr.WeightPlan:
     """What replica counts do for one setWeight step (also what `explain` shows).
 
     `honest_split`, with one leniency: where it would hold, the largest share *not above* the step's
     weight (e.g. 20% asked, 2 canary next to 10 stable = 16.7%) is served instead — it never widens the
-    blast radius, and status.effectiveWeight and the message say what is served. Above the weight by more than the
-    tolerance (1 canary next to 1 stable = 50% for a 25% step), or above a policy bound by any
-    amount, is never served: a surge or a hold.
+    blast radius, and status.effectiveWeight and the message say what is served. Where even one canary
+    pod is above the Rollout's own step (1 canary next to 2 stable = 33% for 20%), one pod is served and
+    the message says so. Above a policy bound by any amount is never served: a surge or a hold.
     """
-    plan = tr.honest_split(replicas, step.set_weight or 0, tolerance=tolerance, max_surge=max_surge,
-                           bound=policy_bound(step))
+    bound = policy_bound(step) if bound is None else bound
+    plan = tr.honest_split(replicas, step.set_weight or 0, tolerance=tolerance, max_surge=max_surge, bound=bound)
     if plan.decision != "hold":
         return plan
     below = below_split(replicas, plan.target)
-    if below is None:
-        return plan
-    message = (f"{below.canary} canary next to {below.stable} stable pods = {below.share:.1f}% for weight "
-               f"{plan.target}% (below it: replica counts cannot come closer without exceeding it; a traffic "
-               "router gives it exactly)")
-    return replace(plan, split=below, decision="fits", message=message)
+    if below is not None:
+        message = (f"{below.canary} canary next to {below.stable} stable pods = {below.share:.1f}% for weight "
+                   f"{plan.target}% (below it: replica counts cannot come closer without exceeding it; a traffic "
+                   "router gives it exactly)")
+        return replace(plan, split=below, decision="fits", message=message)
+    if bound is None and replicas > 0 and plan.target > 0:
+        # The Rollout's own step with too few replicas for any share at or below it: one canary pod is
+        # the smallest canary there is (as before, and as Argo Rollouts does). A policy's bound is
+        # never exceeded: that holds.
+        least = tr.ReplicaSplit(1, replicas)
+        message = (f"1 canary next to {replicas} stable pods = {least.share:.1f}% for weight {plan.target}% "
+                   f"(above it: the smallest canary there is; raise spec.replicas or route traffic with "
+                   "spec.trafficRouting.gatewayAPI.httpRoute for the exact weight)")
+        return replace(plan, split=least, decision="fits", message=message)
+    return plan
 
 
 def below_split(replicas: int, target: int) -> tr.ReplicaSplit | None:
@@ -123,7 +134,22 @@ class Traffic(Base):
 
     def replica_plan(self, step: PlannedStep) -> tr.WeightPlan:
         canary = self.spec.strategy.canary
-        return replica_plan(self.spec.replicas, step, canary.weight_tolerance, canary.max_surge)
+        return replica_plan(self.spec.replicas, step, canary.weight_tolerance, canary.max_surge,
+                            self.first_weight_bound(step))
+
+    def first_weight_bound(self, step: PlannedStep) -> int | None:
+        """A matching policy's maxFirstWeight binds the first positive setWeight even when the Rollout's
+        own weight was already within it (so the plan did not change it)."""
+        plan = self.st.effective_plan
+        first = next((s for s in (plan.steps if plan else []) if s.kind == "setWeight" and (s.set_weight or 0) > 0),
+                     None)
+        if first is not step:
+            return None
+        ai = is_ai_assisted(self.inp.annotations)
+        rules = [r for p in matching_policies(list(self.obs.policies), self.inp.labels, self.obs.namespace_labels)
+                 for r in (p.spec.rules, p.spec.ai_assisted if ai else None) if r is not None]
+        limits = [r.max_first_weight for r in rules if r.max_first_weight is not None]
+        return min(limits) if limits else None
 
     def canary_at_step(self, step: PlannedStep) -> bool:
         """Ask for what `step`'s weight needs; True once it is in force."""
