@@ -147,6 +147,7 @@ async def rollout_changed(type: str, namespace: str, name: str, body: kopf.Body,
     if type == "DELETED":
         op.scheduler.forget(key)
         op.world.seen.pop(key, None)
+        op.ctx.written.pop(key, None)
         metrics.forget(namespace, name)
         return
     # Our own status writes come back as events too; those change neither generation nor metadata.
@@ -216,7 +217,7 @@ async def _process(op: Operator, keys: list[Key]) -> dict[Key, float | None]:
     """Measure every due rollout of the batch together, then reconcile each in the pool."""
     loop = asyncio.get_running_loop()
     now = op.ctx.now()
-    snaps = {k: s for k in keys if (s := op.world.snapshot(k)) is not None}
+    snaps = {k: s for k in keys if (s := op.world.snapshot(k, op.ctx.written)) is not None}
     # Parsing specs and asking Prometheus happen off the event loop, which also serves the watches.
     samples = await loop.run_in_executor(op.pool, _measure_batch, op.ctx, list(snaps.values()), now)
     results = await asyncio.gather(

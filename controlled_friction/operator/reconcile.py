@@ -58,6 +58,9 @@ class Context:
     default_prometheus: str | None = field(default_factory=lambda: os.environ.get(names.ENV_PROMETHEUS_URL))
     prometheus_timeout: float = float(os.environ.get("CF_PROMETHEUS_TIMEOUT", "5"))
     _local: threading.local = field(default_factory=threading.local)
+    # The Rollout as our last status write returned it: newer than the watch-fed index until the watch
+    # catches up, so the next reconcile does not plan from (and 409 on) a body older than its own write.
+    written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     def prometheus(self, url: str) -> PrometheusClient:
         # One client per worker thread: the HTTP session underneath is not thread-safe.
@@ -234,7 +237,7 @@ def _apply(ctx: Context, body: dict[str, Any], spec: RolloutSpec | None, decisio
                 cleared.append(a.value)
     new_status = decision.status.wire()
     if new_status != raw_status:
-        kube.write_rollout_status(ns, name, raw_status, new_status, rv)
+        ctx.written[(ns, name)] = kube.write_rollout_status(ns, name, raw_status, new_status, rv)
     for a in decision.actions:
         if isinstance(a, ApplyDeployment) and spec is not None:
             dep = deployment_body(body, spec, a)

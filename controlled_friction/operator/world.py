@@ -58,6 +58,15 @@ class Snapshot:
     track_services: frozenset[str] = frozenset()
 
 
+def _version(obj: dict[str, Any]) -> int:
+    """resourceVersion as a number: opaque in the API's contract, but etcd's revision in every
+    kube-apiserver, and only compared here between two reads of one object."""
+    try:
+        return int((obj.get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
 class World:
     """Reads kopf's indexes (set at start-up); all methods run on the event loop."""
 
@@ -84,10 +93,16 @@ class World:
     def rollout_keys(self, namespace: str | None = None) -> list[Key]:
         return [k for k in self.rollouts if namespace is None or k[0] == namespace]
 
-    def snapshot(self, key: Key) -> Snapshot | None:
+    def snapshot(self, key: Key, written: dict[Key, dict[str, Any]] | None = None) -> Snapshot | None:
         body = first(self.rollouts.get(key))
         if body is None:
             return None
+        mine = (written or {}).get(key)
+        if mine is not None:
+            if _version(mine) > _version(body):
+                body = mine  # the watch has not delivered our own last write yet
+            elif written is not None:
+                written.pop(key, None)  # the watch caught up
         ns, name = key
         spec = body.get("spec") or {}
         service = (spec.get("service") or {}).get("name") if isinstance(spec.get("service"), dict) else None
