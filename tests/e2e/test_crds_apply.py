@@ -19,13 +19,14 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from controlled_friction import names
+from controlled_friction import names, sequential
 from controlled_friction.models.policy import FrictionPolicyStatus
 from controlled_friction.models.rollout import (
     AddedBy,
     AnalysisState,
     Condition,
     CountedApproval,
+    CounterTotals,
     EffectivePlan,
     HistoryEntry,
     Measurement,
@@ -33,6 +34,8 @@ from controlled_friction.models.rollout import (
     MetricState,
     PlannedApproval,
     PlannedStep,
+    PostPromotionWatch,
+    RestartedTest,
     RolloutStatus,
 )
 from controlled_friction.sandbox.cluster import SandboxInfo, kubectl
@@ -123,7 +126,7 @@ def test_server_applies_defaults_in_wire_form(crds: None, namespace: str) -> Non
     proc = _dry_run(rollout)
     assert proc.returncode == 0, proc.stderr
     spec = json.loads(proc.stdout)["spec"]
-    assert spec["analysis"]["interval"] == "10s"
+    assert spec["analysis"]["interval"] == "2s"  # the default: judge fast (issue 12)
     assert spec["analysis"]["failureLimit"] == 2
     assert spec["strategy"]["canary"]["steps"][2]["analysis"]["duration"] == "1m"
     assert spec["replicas"] == 2  # given values are kept
@@ -177,7 +180,8 @@ def full_status() -> RolloutStatus:
                    min=0.0, max=0.4),
     ]
     measurement = Measurement(metric="orders", verdict="fail", value=0.0123, bound="drop ≤ 0.2",
-                              message="canary orders per request 99% below stable", time=T0)
+                              message="canary orders per request 99% below stable", time=T0, decisive=True,
+                              evidence=250.0, threshold=100.0, canary_requests=120.0, needed_requests=300.0)
     plan = EffectivePlan(
         steps=[
             PlannedStep(kind="setWeight", set_weight=5, added_by=[AddedBy(policy="critical", rule="maxFirstWeight")]),
@@ -190,10 +194,21 @@ def full_status() -> RolloutStatus:
         metrics=metrics,
         metric_sources={"errors": ["rollout"], "orders": ["rollout", "critical"], "p99": ["rollout"]},
         analysis_interval_seconds=10.0,
+        quiet_limit_seconds=300.0,
+        post_promotion_watch_seconds=600.0,
         approval_expiry_seconds=86400.0,
         ai_assisted=True,
         frozen_reason="freeze window weekend",
     )
+    test = sequential.observe(sequential.start(max_ratio=0.02, max_increase_over_stable=0.01),
+                              sequential.Counts(canary_requests=100, canary_events=90, stable_requests=400,
+                                                stable_events=2))  # rejected: every field is set
+    state = MetricState(metric="orders", mode="observe", consecutive_failures=1, consecutive_inconclusive=2,
+                        consecutive_errors=3, passes_in_step=4, last=measurement, baseline=4.2, baseline_known=True,
+                        quiet_since=T0, totals=CounterTotals(canary_requests=100, canary_events=3,
+                                                             stable_requests=400, stable_events=2),
+                        sequential=test, restarts=[RestartedTest(index=1, test=test)])
+    analysis = AnalysisState(last_run_at=T1, metrics=[state])
     return RolloutStatus(
         phase="AwaitingApproval",
         message="waiting for 2 approvals from senior-engineers",
@@ -213,14 +228,15 @@ def full_status() -> RolloutStatus:
         stable_template={"metadata": {"labels": {"app": "checkout"}},
                          "spec": {"containers": [{"name": "app", "image": "shop/checkout:1"}]}},
         effective_plan=plan,
-        analysis=AnalysisState(
-            last_run_at=T1,
-            metrics=[MetricState(metric="orders", consecutive_failures=1, consecutive_inconclusive=2,
-                                 consecutive_errors=3, passes_in_step=4, last=measurement,
-                                 baseline=4.2, baseline_known=True)],
-        ),
+        analysis=analysis,
+        previous_stable_revision="9876543210",
+        previous_stable_template={"metadata": {"labels": {"app": "checkout"}},
+                                  "spec": {"containers": [{"name": "app", "image": "shop/checkout:0"}]}},
+        route_weight=5,
+        watch=PostPromotionWatch(revision="0123456789", since=T0, until=T1, analysis=analysis),
         history=[HistoryEntry(revision="fedcba9876", outcome="RolledBack", at=T0, reason="orders -99%",
-                              approvers=["alice", "bob"], author="dave")],
+                              approvers=["alice", "bob"], author="dave",
+                              change_record="CHG-1234 raise the checkout timeout")],
         conditions=[Condition(type="Progressing", status="True", reason="AwaitingApproval", message="waiting",
                               last_transition_time=T0)],
     )
