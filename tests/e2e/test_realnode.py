@@ -187,7 +187,6 @@ def _values(tmp: Path) -> Path:
         "image": {"pullPolicy": "Never"},
         "prometheus": {"url": realnode.host_url("prometheus")},
         "approvers": {"groups": [names.SENIOR_GROUP]},
-        "operator": {"tickSeconds": 1},
         # The tests' own policy (rollouts.critical_policy) instead of the production-grade default.
         "defaultPolicy": {"enabled": False},
         # No cluster DNS in the sandbox: kopf's in-cluster login dials kubernetes.default.svc.
