@@ -31,7 +31,10 @@ class RunSettings:
     peering: str | None = None
     priority: int = 0
     # kopf's peer identity, chosen here so the scheduler can find itself among the peers.
-    identity: str = field(default_factory=lambda: f"{socket.gethostname()}/{secrets.token_hex(4)}")
+    # In a pod the chart sets POD_ID (the pod's name), as kopf itself would use it.
+    identity: str = field(
+        default_factory=lambda: os.environ.get("POD_ID") or f"{socket.gethostname()}/{secrets.token_hex(4)}"
+    )
     selector: str | None = None  # label selector: this shard reconciles only the Rollouts it matches
     namespaces: tuple[str, ...] = ()  # empty: cluster-wide
     workers: int = int(os.environ.get("CF_WORKERS", "8"))
