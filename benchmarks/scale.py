@@ -201,6 +201,8 @@ class Bench:
     alice: Any = None
     own_prom_queries: int = 0
     warnings: list[str] = field(default_factory=list)
+    webhook_pid: int | None = None  # the admission process, when it runs apart from the controller
+    floor_op: OperatorProcess | None = None  # whose CPU the floor phase samples (idle there)
 
     def warn(self, msg: str) -> None:
         say("WARNING: " + msg)
@@ -258,6 +260,8 @@ class Phase:
         assert op.proc is not None
         self.op_pid = op.proc.pid
         roots = {"operator": self.op_pid, **bench.component_pids(), "benchmark": os.getpid()}
+        if bench.webhook_pid is not None:
+            roots["webhooks"] = bench.webhook_pid
         self.epoch0, self.mono0 = time.time(), time.monotonic()
         self.own0 = bench.own_prom_queries
         self.api0, self.prom0, self.op0 = self._safe(bench.apiserver_metrics), self._safe(bench.prometheus_metrics), \
@@ -450,14 +454,23 @@ def run_size(bench: Bench, n: int) -> dict[str, Any]:
     info = bench.info
     # The timer-driven loop took a tick (CF_TICK_SECONDS); the event-driven one has none.
     tick = {"tick_seconds": TICK_SECONDS} if HAS_TICK else {}
+    # As the chart deploys it: admission in a process of its own (`--webhooks separate`), or both in one.
+    separate = args.webhooks == "separate"
     op = OperatorProcess(log_path=info.state_dir / "logs" / f"scale-operator-{n}.log",
-                         webhook_port=info.ports["webhook"], metrics_port=info.ports["operator_health"], **tick)
+                         webhook_port=info.ports["webhook"], metrics_port=info.ports["operator_health"],
+                         flags=["--component", "controller", "--webhook-mode", "none"] if separate else [], **tick)
+    hooks = OperatorProcess(log_path=info.state_dir / "logs" / f"scale-webhooks-{n}.log",
+                            webhook_port=info.ports["webhook"], flags=["--component", "webhooks"]) if separate else None
     watch = RolloutWatch(bench.admin, names.GROUP, names.VERSION, names.ROLLOUT_PLURAL, SELECTOR)
     admin_custom = client.CustomObjectsApi(bench.admin)
     alice_custom = client.CustomObjectsApi(bench.alice)
+    if hooks is not None:
+        hooks.start()
+        assert hooks.proc is not None
+        bench.webhook_pid = hooks.proc.pid
     op.start()
     try:
-        op.wait_webhook_ready(timeout=min(120, args.timeout))
+        (hooks or op).wait_webhook_ready(timeout=min(120, args.timeout))
         time.sleep(2)  # let kopf finish its initial listing before the clock starts
         res["create"] = phase_create(bench, op, watch, admin_custom, keys)
         rev1 = res["create"].pop("_rev1")
@@ -470,6 +483,9 @@ def run_size(bench: Bench, n: int) -> dict[str, Any]:
         res["idle"]["healthy_at_start"] = healthy_now
         res["idle"].pop("samples", None)
         res["wave"] = phase_wave(bench, op, watch, admin_custom, alice_custom, keys, rev1)
+        if not args.no_floor:
+            bench.floor_op = op
+            res["floor"] = phase_floor(bench, keys)
     except Exception as exc:
         bench.warn(f"N={n}: aborted: {type(exc).__name__}: {exc}")
         res["aborted"] = f"{type(exc).__name__}: {exc}"
@@ -477,6 +493,9 @@ def run_size(bench: Bench, n: int) -> dict[str, Any]:
         res["operator_alive_at_end"] = op.alive()
         if not op.alive():
             bench.warn(f"N={n}: the operator exited; last log lines:\n{op.tail(15)}")
+        if hooks is not None:
+            hooks.stop()
+            bench.webhook_pid = None
         res["cleanup"] = cleanup(bench, op, watch, admin_custom, nss, keys)
         watch.stop()
         op.stop()
@@ -633,6 +652,74 @@ def phase_wave(bench: Bench, op: OperatorProcess, watch: RolloutWatch, admin_cus
         "prometheus_plateau": plateau(out.get("samples") or []),
     })
     out.pop("samples", None)
+    return out
+
+
+FLOOR_LABEL = "cf-scale-floor"
+
+
+def _floor_deployment(name: str, version: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "labels": {FLOOR_LABEL: "1"}},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name}},
+                              "spec": {"containers": [{"name": "app", "image": f"bench/{name}:{version}"}]}}},
+    }
+
+
+def _rolled_out(d: Any) -> bool:
+    st, meta = d.status, d.metadata
+    return bool(st and (st.observed_generation or 0) >= (meta.generation or 0) and st.updated_replicas == 2
+                and st.available_replicas == 2 and st.replicas == 2)
+
+
+def phase_floor(bench: Bench, keys: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """The sandbox's own floor: N plain Deployments (2 replicas, no operator involved) rolled out at
+    once by Kubernetes' Deployment controller. A canary wave costs at least this (promotion is one such
+    rollout of the stable Deployment, after the canary's own pods), so a lag near it is the sandbox's."""
+    from kubernetes import client
+
+    apps = client.AppsV1Api(bench.admin)
+    n, timeout = len(keys), bench.args.timeout
+    fkeys = [(ns, f"floor-{i:04d}") for i, (ns, _name) in enumerate(keys)]
+    say(f"N={n}: floor: {n} plain Deployments rolled out at once by the Deployment controller alone")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda k: apps.create_namespaced_deployment(k[0], _floor_deployment(k[1], 1)), fkeys))
+
+    def done_now() -> set[tuple[str, str]]:
+        items: list[Any] = apps.list_deployment_for_all_namespaces(label_selector=f"{FLOOR_LABEL}=1",
+                                                                   _request_timeout=60).items
+        return {(d.metadata.namespace, d.metadata.name) for d in items if _rolled_out(d)}
+
+    wait_until("floor: first revisions available", lambda: (len(done_now()), n), timeout, every=10)
+    patched: dict[tuple[str, str], float] = {}
+
+    def patch(k: tuple[str, str]) -> None:
+        apps.patch_namespaced_deployment(k[1], k[0], {"spec": {"template": _floor_deployment(k[1], 2)["spec"]
+                                                               ["template"]}})
+        patched[k] = time.monotonic()
+
+    phase = Phase(bench, "floor", bench.floor_op) if bench.floor_op is not None else None
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(patch, fkeys))
+    finished: dict[tuple[str, str], float] = {}
+    deadline = time.monotonic() + timeout
+    while len(finished) < n and time.monotonic() < deadline:
+        now = time.monotonic()
+        for k in done_now():
+            if k in patched and k not in finished and patched[k] <= now:
+                finished[k] = now - patched[k]
+        time.sleep(1.0)
+    out: dict[str, Any] = phase.finish() if phase is not None else {}
+    out.pop("samples", None)
+    out.update({"n": n, "rolled_out": len(finished),
+                "rollout_s": _round_summary(summary(list(finished.values())))})
+    for ns in sorted({k[0] for k in fkeys}):
+        try:
+            apps.delete_collection_namespaced_deployment(ns, label_selector=f"{FLOOR_LABEL}=1")
+        except Exception as exc:
+            bench.warn(f"floor: delete deployments in {ns}: {type(exc).__name__}: {exc}")
     return out
 
 
@@ -827,6 +914,9 @@ def figures(res: dict[str, Any]) -> dict[str, Any]:
         "approvals_client_p50_ms": _get(res, "wave", "approvals", "requests", "all_ms", "p50"),
         "approvals_client_p99_ms": _get(res, "wave", "approvals", "requests", "all_ms", "p99"),
         "approvals_achieved_rate": _get(res, "wave", "approvals", "achieved_rate"),
+        "floor_rollout_p50_s": _get(res, "floor", "rollout_s", "p50"),
+        "floor_rollout_p95_s": _get(res, "floor", "rollout_s", "p95"),
+        "floor_rollout_max_s": _get(res, "floor", "rollout_s", "max"),
     }
     hooks = _get(res, "wave", "approvals", "apiserver_webhook_latency") or {}
     for hook, h in hooks.items():
@@ -862,6 +952,9 @@ LABELS = {
     "wave_lag_p50_s": "wave: lag beyond 30 s plan p50 (s)",
     "wave_lag_p95_s": "wave: lag beyond 30 s plan p95 (s)",
     "wave_lag_max_s": "wave: lag beyond 30 s plan max (s)",
+    "floor_rollout_p50_s": "floor: N plain Deployment rollouts p50 (s)",
+    "floor_rollout_p95_s": "floor: N plain Deployment rollouts p95 (s)",
+    "floor_rollout_max_s": "floor: N plain Deployment rollouts max (s)",
     "wave_operator_cpu_cores": "wave: operator CPU (cores)",
     "wave_operator_api_rps": "wave: operator API requests/s",
     "wave_reconcile_p50_s": "wave: reconcile p50 (s)",
@@ -983,6 +1076,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--approval-rate", type=float, default=50.0, help="approvals per second during the wave")
     ap.add_argument("--approval-seconds", type=float, default=20.0)
     ap.add_argument("--namespaces", type=int, default=10)
+    ap.add_argument("--no-floor", action="store_true",
+                    help="skip the sandbox-floor phase (N plain Deployments rolled out without the operator)")
+    ap.add_argument("--webhooks", choices=("separate", "same"), default="separate",
+                    help="admission in its own process, as the chart deploys it (default), or in the controller's")
     ap.add_argument("--compare", type=Path, default=None,
                     help="earlier --json output to print after/before ratios against (default: "
                          "benchmarks/results/scale-before.json when it exists and is not --json)")
@@ -1030,7 +1127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": {"cpus": os.cpu_count(), "loadavg_start": probes.loadavg()},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "plan": {"replicas": 2, "steps": ["setWeight 50", "pause 30s"], "metric": "errorRatio maxRatio 0.05",
-                 "interval": "10s", "operator_tick_s": TICK_SECONDS if HAS_TICK else None},
+                 "interval": "10s", "operator_tick_s": TICK_SECONDS if HAS_TICK else None,
+                 "webhooks": args.webhooks},
         "sizes": {},
     }
     try:

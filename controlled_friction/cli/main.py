@@ -179,7 +179,10 @@ def run(
         list[str] | None,
         typer.Option("--namespace", "-n", help="Shard: reconcile only Rollouts in these namespaces (repeatable)."),
     ] = None,
-    workers: Annotated[int, typer.Option("--workers", help="Reconciles run in parallel (threads).")] = 8,
+    workers: Annotated[int, typer.Option(
+        "--workers", envvar="CF_WORKERS",
+        help="Reconciles run in parallel (threads; they mostly wait on the API server)."),
+    ] = 32,
     component: Annotated[
         ComponentChoice,
         typer.Option("--component", help="'all', 'controller' (reconcile only) or 'webhooks' (admission only).",

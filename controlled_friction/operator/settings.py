@@ -37,7 +37,10 @@ class RunSettings:
     )
     selector: str | None = None  # label selector: this shard reconciles only the Rollouts it matches
     namespaces: tuple[str, ...] = ()  # empty: cluster-wide
-    workers: int = int(os.environ.get("CF_WORKERS", "8"))
+    # Threads for reconciles. A reconcile mostly waits on the API server (a status write, a Deployment
+    # write, an Event), so the pool bounds how many writes are in flight: at 8 a wave of 100 canaries
+    # queued for tens of seconds behind each other's writes (benchmarks/scale.py).
+    workers: int = int(os.environ.get("CF_WORKERS", "32"))
     webhook_mode: WebhookMode = "none"
     webhook_host: str = "127.0.0.1"
     webhook_port: int = 9443

@@ -25,6 +25,7 @@ from controlled_friction import admission, guard, names
 from controlled_friction.adapters.kube import NotFound
 from controlled_friction.models.policy import NamedPolicy
 from controlled_friction.operator.indexes import first
+from controlled_friction.operator.webhook_direct import ANSWERS, DirectPath
 
 MANAGED_NAME = names.GROUP  # name of the Mutating/ValidatingWebhookConfiguration kopf maintains
 WRITES: list[kopf.Operation] = ["CREATE", "UPDATE"]
@@ -32,7 +33,7 @@ CHANGES: list[kopf.Operation] = ["UPDATE", "DELETE"]
 DELETES: list[kopf.Operation] = ["DELETE"]
 
 
-def _key(memo: kopf.Memo) -> bytes:
+def _key(memo: Mapping[str, Any]) -> bytes:
     key = memo.get("approval_key")
     if key is None:  # start-up has not loaded it yet: refuse rather than sign with nothing
         raise kopf.AdmissionError("the operator is starting; try again shortly", code=503)
@@ -112,11 +113,15 @@ def mutate_rollout(
     memo: kopf.Memo,
     **_: Any,
 ) -> None:
-    req = admission_input(operation, userinfo, old, new, subresource)
-    result = admission.mutate_rollout(req, _key(memo), datetime.now(UTC))
+    result = approvals(admission_input(operation, userinfo, old, new, subresource), memo)
     for name, value in result.annotations.items():
         patch.meta.annotations[name] = value
     warnings.extend(result.warnings)
+
+
+def approvals(req: admission.AdmissionInput, memo: Mapping[str, Any]) -> admission.Mutation:
+    """The `approvals` webhook's answer (kopf's handler above and the direct path share it)."""
+    return admission.mutate_rollout(req, _key(memo), datetime.now(UTC))
 
 
 @kopf.on.validate(
@@ -143,12 +148,34 @@ def validate_rollout(
     **_: Any,
 ) -> None:
     req = admission_input(operation, userinfo, old, new, subresource)
+    warnings.extend(rollout_rules(req, memo, policy_index, namespace_index))
+
+
+def rollout_rules(req: admission.AdmissionInput, memo: Mapping[str, Any],
+                  policy_index: kopf.Index[str, dict[str, Any]] | None,
+                  namespace_index: kopf.Index[str, dict[str, str]] | None) -> list[str]:
+    """The `rollout-rules` webhook: raises AdmissionError to refuse, else returns the warnings."""
     policies: list[NamedPolicy] = []
     ns_labels: dict[str, str] = {}
     if admission.needs_policy_context(req):
         policies, ns_labels = _context(_namespace_of(req), policy_index, namespace_index)
     _deny(admission.validate_rollout(req, _key(memo), policies, ns_labels, datetime.now(UTC)))
-    warnings.extend(admission.acceptance_notes(req))
+    return admission.acceptance_notes(req)
+
+
+def _approvals_answer(req: admission.AdmissionInput, memo: Mapping[str, Any],
+                      indices: Mapping[str, Any]) -> tuple[Mapping[str, str | None], list[str]]:
+    result = approvals(req, memo)
+    return result.annotations, list(result.warnings)
+
+
+def _rules_answer(req: admission.AdmissionInput, memo: Mapping[str, Any],
+                  indices: Mapping[str, Any]) -> tuple[Mapping[str, str | None], list[str]]:
+    return {}, rollout_rules(req, memo, indices.get("policy_index"), indices.get("namespace_index"))
+
+
+# Every approval and template change passes these two: answered without kopf's per-request work.
+ANSWERS.update({"approvals": _approvals_answer, "rollout-rules": _rules_answer})
 
 
 @kopf.on.validate(
@@ -299,7 +326,11 @@ def validate_policy(
 # ---------------------------------------------------------------- webhook server
 
 
-class ServiceWebhookServer(kopf.WebhookServer):
+class LocalWebhookServer(DirectPath, kopf.WebhookServer):
+    """`kopf.WebhookServer`, answering the hot Rollout webhooks directly (`webhook_direct`)."""
+
+
+class ServiceWebhookServer(DirectPath, kopf.WebhookServer):
     """Serves like `kopf.WebhookServer`, but tells the API server to reach it through a Service."""
 
     def __init__(self, *, service_name: str, service_namespace: str, service_port: int = 443, **kw: Any) -> None:
@@ -350,7 +381,7 @@ def configure_admission(
     }
     server: kopf.WebhookServer
     if mode == "local":
-        server = kopf.WebhookServer(host=host, **common)
+        server = LocalWebhookServer(host=host, **common)
     elif mode == "service":
         if not service_name or not service_namespace:
             raise ValueError("service mode needs service_name and service_namespace")

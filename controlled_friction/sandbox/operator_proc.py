@@ -38,6 +38,8 @@ class OperatorProcess:
     peering: str | None = None
     priority: int = 0
     extra_env: dict[str, str] = field(default_factory=dict)
+    # e.g. ["--component", "webhooks"]; a --webhook-mode here replaces the default one
+    flags: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
@@ -49,7 +51,10 @@ class OperatorProcess:
         ]
         if self.peering:
             cmd += ["--peering", self.peering, "--priority", str(self.priority)]
-        return cmd
+        if "--webhook-mode" in self.flags:
+            i = cmd.index("--webhook-mode")
+            del cmd[i:i + 2]
+        return cmd + self.flags
 
     def start(self) -> None:
         info = cluster.info()

@@ -26,19 +26,7 @@ CRD_FILE = Path(__file__).with_name("kopf_peering_crd.yaml")
 PHASES = "controlled_friction_rollouts"
 
 
-class Component(OperatorProcess):
-    """`controlled-friction run` with extra flags (a component or a shard of the operator)."""
-
-    def __init__(self, *args: object, flags: list[str], **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self.flags = flags
-
-    def command(self) -> list[str]:
-        cmd = super().command()
-        if "--webhook-mode" in self.flags:
-            i = cmd.index("--webhook-mode")
-            del cmd[i:i + 2]
-        return cmd + self.flags
+Component = OperatorProcess  # `controlled-friction run` with extra flags (a component or a shard)
 
 
 def _seen_by(port: int, namespace: str, name: str) -> bool:
