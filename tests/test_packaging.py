@@ -194,6 +194,26 @@ def test_pdb_keeps_one_operator(helm: Path) -> None:
     assert pdb["spec"]["selector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
 
 
+def test_admission_can_run_as_a_deployment_of_its_own(helm: Path) -> None:
+    objs = render(helm, "webhook.separateDeployment.enabled=true", "webhook.separateDeployment.replicas=3")
+    controller = one(objs, "Deployment", "controlled-friction")
+    hooks = one(objs, "Deployment", "controlled-friction-webhooks")
+    c_args = controller["spec"]["template"]["spec"]["containers"][0]["args"]
+    h = hooks["spec"]["template"]["spec"]["containers"][0]
+    assert "--component=controller" in c_args and "--webhook-mode=none" in c_args
+    assert "--component=webhooks" in h["args"] and "--webhook-mode=service" in h["args"]
+    assert hooks["spec"]["replicas"] == 3 and controller["spec"]["replicas"] == 2
+    # Only the webhook pods carry the certificate, own the webhook configurations and sit behind the Service.
+    assert "webhook-tls" in {m["name"] for m in h["volumeMounts"]}
+    assert "webhook-tls" not in {m["name"] for m in controller["spec"]["template"]["spec"]["containers"][0]
+                                 ["volumeMounts"]}
+    assert "CF_WEBHOOK_OWNER_PEERING" in {e["name"] for e in h["env"]}
+    svc = one(objs, "Service", "controlled-friction-webhook")
+    assert svc["spec"]["selector"].items() <= hooks["spec"]["template"]["metadata"]["labels"].items()
+    assert not svc["spec"]["selector"].items() <= controller["spec"]["template"]["metadata"]["labels"].items()
+    assert hooks["spec"]["selector"] != controller["spec"]["selector"]
+
+
 # ---------------------------------------------------------------- webhook Service and certificates
 
 
