@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from controlled_friction import analysis
 from controlled_friction.adapters.prometheus import PrometheusQueryError, PrometheusUnavailable
 from controlled_friction.models.rollout import MetricSpec, RolloutSpec, RolloutStatus
+from controlled_friction.planner import measuring
 
 Role = Literal["canary", "stable", "service", "baseline", "bound"]
 MAX_SPAN = timedelta(minutes=30)
@@ -56,17 +57,9 @@ def query_context(obj: dict[str, Any]) -> tuple[RolloutSpec, RolloutStatus, anal
     canary = status.canary_revision or (status.aborted_revision if status.phase == "RolledBack" else None)
     if not canary:
         return None
-    ctx = analysis.QueryContext(
-        namespace=str(meta.get("namespace", "")),
-        service=spec.analysis.service or str(meta.get("name", "")),
-        rollout=str(meta.get("name", "")),
-        canary_revision=canary,
-        stable_revision=status.stable_revision,
-        window_seconds=spec.analysis.window,
-        interval_seconds=spec.analysis.interval,
-        min_requests=spec.analysis.min_requests,
-        rollout_started_at=status.rollout_started_at,
-    )
+    # The planner's own context, for the revision shown (a rolled-back canary is still plotted).
+    ctx = measuring.query_context(str(meta.get("namespace", "")), str(meta.get("name", "")), spec,
+                                  status.model_copy(update={"canary_revision": canary}))
     return spec, status, ctx
 
 
