@@ -27,7 +27,7 @@ def test_due_keys_are_processed_together_and_rescheduled_at_the_planners_instant
         clock = Clock()
         batches: list[list[tuple[str, str]]] = []
 
-        async def process(keys):
+        async def process(keys, release=None):
             batches.append(sorted(keys))
             return {k: (clock.t + 30 if k[1] == "baking" else None) for k in keys}
 
@@ -53,7 +53,7 @@ def test_a_wake_up_during_processing_runs_the_key_again_afterwards():
         runs = 0
         gate = asyncio.Event()
 
-        async def process(keys):
+        async def process(keys, release=None):
             nonlocal runs
             runs += 1
             if runs == 1:
@@ -79,7 +79,7 @@ def test_a_standby_replica_processes_nothing():
     async def main() -> int:
         runs = 0
 
-        async def process(keys):
+        async def process(keys, release=None):
             nonlocal runs
             runs += 1
             return {}
@@ -127,7 +127,7 @@ def test_a_wake_up_interrupts_a_long_wait():
         clock = Clock()
         seen: list[float] = []
 
-        async def process(keys):
+        async def process(keys, release=None):
             seen.append(asyncio.get_running_loop().time())
             return {}
 
@@ -142,3 +142,34 @@ def test_a_wake_up_interrupts_a_long_wait():
         return seen[0] - start if seen else 99.0
 
     assert run(main()) < 0.5
+
+
+def test_a_key_done_early_runs_again_without_waiting_for_its_batch():
+    """A wake-up for a key whose reconcile is done runs at once, though a slow key of its batch still runs."""
+
+    async def main() -> list[list[tuple[str, str]]]:
+        slow_gate = asyncio.Event()
+        batches: list[list[tuple[str, str]]] = []
+
+        async def process(keys, release):
+            batches.append(sorted(keys))
+            if ("ns", "slow") in keys:
+                release(("ns", "fast"), None)  # the fast one finished first
+                await slow_gate.wait()
+            return {k: None for k in keys}
+
+        s = Scheduler(process, lambda: True)
+        task = asyncio.create_task(s.run())
+        s.wake_all([("ns", "fast"), ("ns", "slow")])
+        await asyncio.sleep(0.2)
+        s.wake(("ns", "fast"))  # e.g. its canary Deployment turned ready
+        await asyncio.sleep(0.3)
+        seen = list(batches)
+        slow_gate.set()
+        await asyncio.sleep(0.1)
+        task.cancel()
+        return seen
+
+    batches = run(main())
+    assert batches[0] == [("ns", "fast"), ("ns", "slow")]
+    assert [("ns", "fast")] in batches[1:], "the fast key waited for the slow one's batch"

@@ -26,7 +26,7 @@ from controlled_friction.measurement import Samples
 from controlled_friction.operator import indexes, login, metrics
 from controlled_friction.operator.peering import PeeringGate
 from controlled_friction.operator.reconcile import Context, fetch_samples, measurement_request, reconcile
-from controlled_friction.operator.scheduler import Key, Scheduler
+from controlled_friction.operator.scheduler import Key, Release, Scheduler
 from controlled_friction.operator.settings import RUN
 from controlled_friction.operator.world import Snapshot, World
 from controlled_friction.workloads import observe_deployment
@@ -72,7 +72,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         (lambda: kube.peering_status(settings.peering.name)) if RUN.peering else None, RUN.identity, RUN.priority
     )
     world = World(kwargs)
-    op = Operator(kube, ctx, world, Scheduler(lambda keys: _process(op, keys), gate.active), gate, pool)
+    scheduler = Scheduler(lambda keys, release: _process(op, keys, release), gate.active)
+    op = Operator(kube, ctx, world, scheduler, gate, pool)
     # Becoming the active replica: everything may have moved while we stood by.
     loop = asyncio.get_running_loop()
 
@@ -213,16 +214,21 @@ async def policy_changed(type: str, name: str, spec: kopf.Spec, status: kopf.Sta
 # ---------------------------------------------------------------- the work
 
 
-async def _process(op: Operator, keys: list[Key]) -> dict[Key, float | None]:
-    """Measure every due rollout of the batch together, then reconcile each in the pool."""
+async def _process(op: Operator, keys: list[Key], release: Release) -> dict[Key, float | None]:
+    """Measure every due rollout of the batch together, then reconcile each in the pool, releasing
+    each key to the scheduler as soon as its own reconcile is done."""
     loop = asyncio.get_running_loop()
     now = op.ctx.now()
     snaps = {k: s for k in keys if (s := op.world.snapshot(k, op.ctx.written)) is not None}
     # Parsing specs and asking Prometheus happen off the event loop, which also serves the watches.
     samples = await loop.run_in_executor(op.pool, _measure_batch, op.ctx, list(snaps.values()), now)
-    results = await asyncio.gather(
-        *(loop.run_in_executor(op.pool, _one, op, snap, samples.get(key)) for key, snap in snaps.items())
-    )
+
+    async def one(key: Key, snap: Snapshot) -> float | None:
+        at = await loop.run_in_executor(op.pool, _one, op, snap, samples.get(key))
+        release(key, at)
+        return at
+
+    results = await asyncio.gather(*(one(key, snap) for key, snap in snaps.items()))
     return dict(zip(snaps, results, strict=True))
 
 

@@ -3,7 +3,9 @@ asked for. No per-object timer: a settled Rollout costs nothing until an event a
 
 Keys due at the same moment are handed over together, so their measurements can be asked from
 Prometheus in one batch. A key is never processed twice at once; a wake-up that arrives while it is
-being processed runs it again right after.
+being processed runs it again right after. Each key is released as soon as its own reconcile is done
+(`release`), not when the whole batch is: a Deployment turning ready must not wait behind the slowest
+of a hundred reconciles that happened to be due with it.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ import time
 from collections.abc import Awaitable, Callable
 
 Key = tuple[str, str]
+Release = Callable[[Key, float | None], None]
 COALESCE_SECONDS = 0.05  # gather keys woken within this of each other into one batch
 MAX_BATCH = 500
 
 
 class Scheduler:
-    def __init__(self, process: Callable[[list[Key]], Awaitable[dict[Key, float | None]]],
+    def __init__(self, process: Callable[[list[Key], Release], Awaitable[dict[Key, float | None]]],
                  active: Callable[[], bool], clock: Callable[[], float] = time.time) -> None:
         self._process = process
         self._active = active
@@ -101,15 +104,19 @@ class Scheduler:
     async def _run_batch(self, keys: list[Key]) -> None:
         self._busy.update(keys)
         try:
-            next_looks = await self._process(keys)
+            next_looks = await self._process(keys, self.release)
         except Exception:
             next_looks = {k: self._clock() + 5.0 for k in keys}  # the batch failed as a whole: try soon
-        finally:
-            self._busy.difference_update(keys)
         for key in keys:
-            if key in self._dirty:
-                self._dirty.discard(key)
-                self.wake(key)
-            at = next_looks.get(key)
-            if at is not None:
-                self.wake(key, at)
+            self.release(key, next_looks.get(key))
+
+    def release(self, key: Key, at: float | None) -> None:
+        """`key` is done: run it again now if it was woken meanwhile, and at `at` (on the loop)."""
+        if key not in self._busy:
+            return  # released already
+        self._busy.discard(key)
+        if key in self._dirty:
+            self._dirty.discard(key)
+            self.wake(key)
+        if at is not None:
+            self.wake(key, at)
