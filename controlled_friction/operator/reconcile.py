@@ -214,8 +214,11 @@ def _input(ctx: Context, body: dict[str, Any], annotations: dict[str, str], spec
 def _dry_run(ctx: Context, body: dict[str, Any], spec: RolloutSpec, decision: Decision, snap: Snapshot) -> str | None:
     """Why the API server would refuse a Deployment the decision asks for (checked before the status
     is written, so a template it refuses never shows up as progress)."""
+    held = {d.revision for d in (snap.stable, snap.canary) if d is not None}
     for a in decision.actions:
-        if isinstance(a, ApplyDeployment):
+        # A revision one of its Deployments already holds was accepted by the API server (a promotion
+        # copies the canary's template): asking again would only cost a request per promotion.
+        if isinstance(a, ApplyDeployment) and a.revision not in held:
             exists = (snap.stable if a.track == "stable" else snap.canary) is not None
             why = ctx.kube.dry_run_deployment(body["metadata"]["namespace"], deployment_body(body, spec, a), exists)
             if why:
