@@ -1,6 +1,14 @@
-"""How fast does the planner roll back a bad canary, and how often does it roll back a good one?
+"""How fast does the planner roll back a bad canary, and how often does it roll back a good one --
+next to the judgement rules of Argo Rollouts, Flagger and Kayenta (emulated) on the same data.
 
-    .venv/bin/python -m benchmarks.detection [--runs 10] [--timeout 90] [--healthy-seconds 120] [--json PATH]
+    .venv/bin/python -m benchmarks.detection [--runs 10] [--sim-runs 200] [--no-live] [--json PATH]
+    .venv/bin/python -m benchmarks.detection --only-ours [--profile tuned|critical] [--from-start] ...
+
+By default (side by side, `benchmarks.compare`, ~15 min live + a few minutes simulated): our live
+trials below with the critical example's analysis, and at the same time, on the same Prometheus,
+canaries kept in traffic for 10 minutes whose recorded counters every judge then decides on
+(`benchmarks.replay`), plus hundreds of canaries in simulated time; tables per judge and ours/theirs.
+`--only-ours` runs only the live trials of our operator, described next.
 
 One real Prometheus (Debian's /usr/bin/prometheus) scrapes one traffic simulator every 2 s. Every
 trial is its own service (stable 4 replicas + canary 1 = 20% weight, revisions unique per trial),
