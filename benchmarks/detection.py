@@ -1,6 +1,14 @@
-"""How fast does the planner roll back a bad canary, and how often does it roll back a good one?
+"""How fast does the planner roll back a bad canary, and how often does it roll back a good one --
+next to the judgement rules of Argo Rollouts, Flagger and Kayenta (emulated) on the same data.
 
-    .venv/bin/python -m benchmarks.detection [--runs 10] [--timeout 90] [--healthy-seconds 120] [--json PATH]
+    .venv/bin/python -m benchmarks.detection [--runs 10] [--sim-runs 200] [--no-live] [--json PATH]
+    .venv/bin/python -m benchmarks.detection --only-ours [--profile tuned|critical] [--from-start] ...
+
+By default (side by side, `benchmarks.compare`, ~15 min live + a few minutes simulated): our live
+trials below with the critical example's analysis, and at the same time, on the same Prometheus,
+canaries kept in traffic for 10 minutes whose recorded counters every judge then decides on
+(`benchmarks.replay`), plus hundreds of canaries in simulated time; tables per judge and ours/theirs.
+`--only-ours` runs only the live trials of our operator, described next.
 
 One real Prometheus (Debian's /usr/bin/prometheus) scrapes one traffic simulator every 2 s. Every
 trial is its own service (stable 4 replicas + canary 1 = 20% weight, revisions unique per trial),
@@ -85,14 +93,24 @@ CRITICAL_EXAMPLE = "examples/rollout-critical.yaml"
 CANARY_EXTRA: dict[str, Any] = {}  # strategy.canary fields besides steps (the critical example's maxSurge)
 
 
-def critical_profile() -> dict[str, Any]:
-    """spec.analysis of the critical example, unchanged (its policy requires the same order-rate metric)."""
+def _critical_example() -> dict[str, Any]:
     import pathlib
 
     import yaml
 
     root = pathlib.Path(__file__).resolve().parent.parent
-    doc = yaml.safe_load((root / CRITICAL_EXAMPLE).read_text())
+    doc: dict[str, Any] = yaml.safe_load((root / CRITICAL_EXAMPLE).read_text())
+    return doc
+
+
+def critical_steps() -> list[dict[str, Any]]:
+    """The critical example's steps (the plan an unguarded release would follow)."""
+    return list(_critical_example()["spec"]["strategy"]["canary"]["steps"])
+
+
+def critical_profile() -> dict[str, Any]:
+    """spec.analysis of the critical example, unchanged (its policy requires the same order-rate metric)."""
+    doc = _critical_example()
     global CANARY_EXTRA
     CANARY_EXTRA = {k: v for k, v in doc["spec"]["strategy"]["canary"].items() if k != "steps"}
     return dict(doc["spec"]["analysis"])
@@ -479,11 +497,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--warmup-timeout", type=float, default=120.0, help="seconds a trial may take to warm up")
     p.add_argument("--concurrency", type=int, default=40, help="trials running at the same time")
     p.add_argument("--rate", type=float, default=50.0, help="requests per second per service")
-    p.add_argument("--tick", type=float, default=OPERATOR_TICK, help="seconds between planner ticks")
+    p.add_argument("--tick", type=float, default=None,
+                   help=f"seconds between planner ticks (default 1 side by side, else {OPERATOR_TICK:g})")
     p.add_argument("--seed", type=int, default=None, help="seed for the traffic and the onset jitter")
     p.add_argument("--scenarios", default=",".join(sc.name for sc in SCENARIOS),
                    help="comma-separated subset of: " + ", ".join(sc.name for sc in SCENARIOS))
-    p.add_argument("--profile", choices=("tuned", "critical"), default="tuned",
+    p.add_argument("--profile", choices=("tuned", "critical"), default=None,
                    help="tuned: stable 4 + canary 1 (20%%), interval 2s, window 10s, scrape 2s; critical: the "
                    "critical example's analysis unchanged, stable 10 + canary 1 (setWeight 5), scrape 1s")
     p.add_argument("--from-start", action="store_true",
@@ -493,7 +512,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--failure-limit", type=int, help="spec.analysis.failureLimit (default: the Rollout default)")
     p.add_argument("--json", metavar="PATH", help="also write parameters, summary and every trial as JSON")
     p.add_argument("--verbose", action="store_true", help="print each trial as it ends")
+    p.add_argument("--only-ours", action="store_true",
+                   help="only our live operator (the --profile benchmark), no peers and no simulated part")
+    from benchmarks import compare  # the side-by-side part builds on this module
+
+    compare.add_arguments(p)
     args = p.parse_args(argv)
+    if args.tick is None:
+        args.tick = OPERATOR_TICK if args.only_ours else 1.0
     if args.runs < 1 or args.concurrency < 1:
         p.error("--runs and --concurrency must be at least 1")
     if args.healthy_seconds + args.warmup_timeout >= 600:
@@ -503,7 +529,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [n for n in wanted if n not in by_name]
     if unknown or not wanted:
         p.error(f"unknown scenario(s) {unknown}; choose from {', '.join(by_name)}")
-    analysis = use_profile(args.profile)
+    if not args.only_ours:
+        if args.profile == "tuned":
+            p.error("side by side judges the critical example: use --only-ours for --profile tuned")
+        if min(args.sim_runs, args.sim_hard_runs) < 1 or args.record_seconds < 60:
+            p.error("--sim-runs and --sim-hard-runs must be >= 1, --record-seconds >= 60")
+        return compare.run(args)
+    analysis = use_profile(args.profile or "tuned")
     if args.window is not None:
         analysis["window"] = args.window
     if args.min_requests is not None:

@@ -29,7 +29,7 @@ from controlled_friction.analysis import (
 from controlled_friction.measurement import Samples
 from controlled_friction.models.rollout import AnalysisState, CounterTotals, Measurement, MetricSpec
 from controlled_friction.planner.measuring import judge, record_measurements
-from controlled_friction.planner.sequential_analysis import increments
+from controlled_friction.planner.sequential_analysis import increments, vanished
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 CTX = QueryContext(namespace="shop", service="checkout", rollout="checkout", canary_revision="c0ffee1234",
@@ -102,13 +102,31 @@ def test_increments_are_exact_differences_and_the_first_look_counts_the_canary_f
     assert got == (15, 0, 90, 1)
 
 
-def test_absent_event_series_count_as_zero_but_vanishing_ones_are_resets() -> None:
+def test_absent_event_series_count_as_zero_but_vanishing_ones_are_missing_not_resets() -> None:
     counts, _ = increments(CounterTotals(canary_requests=10, stable_requests=10),
                            CounterTotals(canary_requests=20, stable_requests=30))
     assert counts is not None and counts.canary_events == 0 and counts.stable_events == 0
-    gone, note = increments(CounterTotals(canary_requests=10, canary_events=5),
-                            CounterTotals(canary_requests=20, canary_events=None))
-    assert gone is None and "went down" in note
+    assert vanished(CounterTotals(canary_requests=10, canary_events=0),
+                    CounterTotals(canary_requests=20, canary_events=None)) is None  # still no event: 0
+    note = vanished(CounterTotals(canary_requests=10, canary_events=5, stable_requests=90, stable_events=30),
+                    CounterTotals(canary_requests=20, canary_events=7, stable_requests=99, stable_events=None))
+    assert note is not None and "stable 5xx or orders series missing" in note
+
+
+def test_a_failed_scrape_skips_the_look_and_the_next_counts_from_the_last_good_totals() -> None:
+    looks = Looks(ORDERS)
+    looks.look((100, 30), (1900, 570))
+    looks.look((110, 33), (2090, 627))
+    before = looks.metric_state.sequential
+    m = looks.look((120, 36), (2280, None))  # stable's orders series went stale in this look's query
+    assert m.verdict == "quiet" and "missing" in m.message
+    assert looks.metric_state.sequential.stable_events == before.stable_events
+    looks.look((130, 39), (2470, 741))
+    s = looks.metric_state.sequential
+    # exact counts since the last good look: +20 canary requests / +6 orders, +380 stable / +114 orders
+    assert (s.canary_requests - before.canary_requests, s.canary_events - before.canary_events) == (20, 6)
+    assert (s.stable_requests - before.stable_requests, s.stable_events - before.stable_events) == (380, 114)
+    assert s.stable_events / s.stable_requests < 0.31  # not the whole stable counter at once
 
 
 def test_a_canary_reset_skips_the_look_and_the_next_look_counts_from_the_new_totals() -> None:

@@ -7,7 +7,9 @@ the same test. Here:
 
 - increments are exact counter differences since the previous look. A counter that went down (a pod
   restarted or went away) is a reset: that look is skipped for that track, and its totals become the
-  next look's starting point. A canary without a series at the previous look is counted from zero (its
+  next look's starting point. A series that vanishes between looks (a failed scrape) is not a reset:
+  that look is skipped and the previous totals stay the starting point (`vanished`). A canary without a
+  series at the previous look is counted from zero (its
   revision's counters start with its pods). Looks begin while the canary's pods start (weight 0), so
   the first look after it serves compares both tracks over the same seconds; without such a look (the
   status was lost) the first one only feeds the canary-only check (maxRatio).
@@ -153,6 +155,24 @@ def increments(prev: CounterTotals | None, cur: CounterTotals) -> tuple[Counts |
     return Counts(dr, de, sr, se), ""
 
 
+def vanished(prev: CounterTotals | None, cur: CounterTotals) -> str | None:
+    """Why this look must be skipped with the previous totals kept: a series the previous look counted
+    is absent now. That is a failed or late scrape (every series of the target goes stale at once, and
+    the queries of one look run at different instants), not a reset: counting it as 0 would make the
+    next look add the whole counter as one increment (the side-by-side benchmark rolled back healthy
+    canaries on maxDrop that way under load)."""
+    if prev is None:
+        return None
+    pairs = (("canary requests", prev.canary_requests, cur.canary_requests),
+             ("canary 5xx or orders", prev.canary_events, cur.canary_events),
+             ("stable requests", prev.stable_requests, cur.stable_requests),
+             ("stable 5xx or orders", prev.stable_events, cur.stable_events))
+    gone = [name for name, before, now in pairs if before is not None and before > 0 and now is None]
+    if not gone:
+        return None
+    return f"{', '.join(gone)} series missing (a failed or late scrape): look skipped, previous totals kept"
+
+
 def _quiet_reason(metric: MetricSpec, ctx: QueryContext, cur: CounterTotals, counts: Counts | None,
                   state: SequentialState | None, note: str) -> str | None:
     if cur.canary_requests is None:
@@ -207,7 +227,10 @@ def judge_builtin(metric: MetricSpec, values: dict[str, float | None], ctx: Quer
         state = None
     elif state is None or not _same_test(state, bounds):
         state = sequential.start(**bounds)
-    counts, note = increments(prev.totals if prev is not None else None, cur)
+    prev_totals = prev.totals if prev is not None else None
+    missing = vanished(prev_totals, cur)
+    counts, note = (None, missing) if missing else increments(prev_totals, cur)
+    keep = prev_totals if missing else cur  # the next look's starting point
     same_test = prev is not None and state is not None and prev.sequential is state
     restarts: list[RestartedTest] = list(prev.restarts) if prev is not None and same_test else []
     if state is not None and counts is not None:
@@ -222,7 +245,7 @@ def judge_builtin(metric: MetricSpec, values: dict[str, float | None], ctx: Quer
     log_e = combined_log_e(state, restarts) if state is not None else None
     was_rejected = same_test and prev is not None and prev.last is not None and prev.last.decisive
     rejected = state is not None and log_e is not None and (log_e >= -math.log(state.alpha) or was_rejected)
-    quiet = _quiet_reason(metric, ctx, cur, counts, state, note)
+    quiet = missing or _quiet_reason(metric, ctx, cur, counts, state, note)
     baseline = baseline_check(metric, v, ctx)
 
     parts: list[str] = []
@@ -259,7 +282,7 @@ def judge_builtin(metric: MetricSpec, values: dict[str, float | None], ctx: Quer
         "canaryRequests": state.canary_requests if state is not None else cur.canary_requests,
         "neededRequests": assessment.needed_requests if assessment is not None else None,
     })
-    return Judged(measurement, state, cur, tuple(restarts))
+    return Judged(measurement, state, keep, tuple(restarts))
 
 
 def _verdict_text(a: sequential.Assessment, log_e: float, rejected: bool, restarts: int) -> str:
