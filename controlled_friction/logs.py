@@ -34,6 +34,9 @@ def configure(verbose: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # One line per admission request (kopf's aiohttp server) is noise at 50 approvals/s and costs the
+    # webhook's event loop a JSON render each; the API server's own metrics time the webhooks.
+    logging.getLogger("aiohttp.access").setLevel(level if verbose else logging.WARNING)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
     # kopf logs every successful handler call at INFO; with a timer per Rollout that drowns the signal.
