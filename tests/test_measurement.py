@@ -102,3 +102,44 @@ def test_failures_become_errors_per_metric():
     assert set(s.errors) == {"errors", "lat"} and "unreachable" in s.errors["errors"]
     nowhere = MeasurementRequest(("ns", "x"), None, ctx(3), (ERRORS,))
     assert "no Prometheus address" in measurement.samples_for(nowhere, {}).errors["errors"]
+
+
+def test_indexed_answers_give_every_rollout_the_same_numbers_as_a_plain_table():
+    """The per-service index (a batch of N rollouts must not scan N services' rows each) changes no number."""
+    reqs = [req(i, ERRORS, ORDERS) for i in range(60)]
+    keys = measurement.queries(reqs)["http://prom"]
+    rows = {}
+    for i in range(60):
+        ns, svc = f"ns{i % 7}", f"svc{i}"
+        rows.update({(ns, svc, "canary", f"c{i}"): 10.0 + i, (ns, svc, "canary", "old"): 3.0,
+                     (ns, svc, "stable", f"s{i}"): 100.0 + i, (ns, svc, "stable", "s-old"): 1.0})
+    plain = {k: dict(rows) for k in keys}
+    indexed = {k: measurement.IndexedTable(rows) for k in keys}
+    assert indexed[next(iter(keys))].by_service[("ns3", "svc3")]  # grouped by (namespace, service)
+    for r in reqs:
+        assert measurement.samples_for(r, indexed) == measurement.samples_for(r, plain)
+
+
+def test_batches_asking_at_the_same_moment_share_one_answer():
+    from controlled_friction.operator.reconcile import ANSWER_TTL, Context
+
+    calls: list[list[str]] = []
+
+    class FakeProm:
+        def run(self, queries):
+            calls.append(sorted(queries))
+            return {k: measurement.IndexedTable({}) for k in queries}
+
+    c = Context(kube=None, key=b"k")  # type: ignore[arg-type]
+    c.prometheus = lambda url: FakeProm()  # type: ignore[method-assign]
+    qs = measurement.queries([req(1, ERRORS)])["http://prom"]
+    more = measurement.queries([req(2, ERRORS, ORDERS)])["http://prom"]
+    c.answers("http://prom", qs)
+    c.answers("http://prom", qs)  # a second batch at the same moment: no new query
+    c.answers("http://prom", more)  # only what the first did not ask
+    assert calls == [sorted(qs), sorted(set(more) - set(qs))]
+    import time
+
+    time.sleep(ANSWER_TTL + 0.05)
+    c.answers("http://prom", qs)  # the next look asks again
+    assert len(calls) == 3 and calls[2] == sorted(qs)

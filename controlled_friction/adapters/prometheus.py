@@ -24,7 +24,7 @@ from prometheus_api_client.exceptions import PrometheusApiClientException
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 from urllib3.util.retry import Retry
 
-from controlled_friction.measurement import GROUP_LABELS, Answer, Query, QueryFailure, Table
+from controlled_friction.measurement import GROUP_LABELS, Answer, IndexedTable, Query, QueryFailure, Table
 
 _TRANSIENT = (requests.ConnectionError, requests.Timeout)
 _UNAVAILABLE_STATUS = {502, 503, 504}  # 503: Prometheus starting or stopping; 502/504: a proxy in front
@@ -70,7 +70,7 @@ class PrometheusClient:
             value = _float(series["value"][1])
             if math.isfinite(value):
                 out[key] = out.get(key, 0.0) + value
-        return out
+        return IndexedTable(out)
 
     def run(self, queries: Mapping[str, Query]) -> dict[str, Answer]:
         """Every query's answer; once Prometheus is unreachable the rest fail without another timeout."""

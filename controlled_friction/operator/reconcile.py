@@ -12,7 +12,8 @@ from __future__ import annotations
 import copy
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +37,7 @@ from controlled_friction.decisions import (
     RolloutInput,
     ScaleDeployment,
 )
-from controlled_friction.measurement import MeasurementRequest, Samples
+from controlled_friction.measurement import Answer, MeasurementRequest, Query, Samples
 from controlled_friction.models import approval
 from controlled_friction.models.rollout import AnalysisState, Measurement, MetricSpec, RolloutSpec, RolloutStatus
 from controlled_friction.operator import metrics
@@ -48,6 +49,9 @@ from controlled_friction.workloads import deployment_body, service_body
 
 log = structlog.get_logger("controlled_friction.reconcile")
 MAX_CONFLICT_RETRIES = 3
+# Answers younger than this are reused. Below half the shortest analysis interval (1 s), so two looks
+# of one rollout never share an answer, and about the scrape interval (1 s), within which it cannot change.
+ANSWER_TTL = 0.4
 
 
 @dataclass
@@ -61,6 +65,26 @@ class Context:
     # The Rollout as our last status write returned it: newer than the watch-fed index until the watch
     # catches up, so the next reconcile does not plan from (and 409 on) a body older than its own write.
     written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    _answers: dict[str, dict[str, tuple[float, Answer]]] = field(default_factory=dict)
+    _answer_locks: dict[str, threading.Lock] = field(default_factory=dict)
+
+    def answers(self, url: str, queries: Mapping[str, Query]) -> dict[str, Answer]:
+        """Prometheus's answers, shared by batches that ask within ANSWER_TTL of each other: a grouped
+        query answers for every service at once, so batches measuring at the same moment (a grid
+        instant split into batches, or rollouts looked at late under load, one small batch each)
+        must not each ask it again. One fetch per URL at a time; the rest wait and reuse it."""
+        lock = self._answer_locks.setdefault(url, threading.Lock())
+        with lock:
+            now = time.monotonic()
+            cache = self._answers.setdefault(url, {})
+            missing = {k: q for k, q in queries.items() if k not in cache or now - cache[k][0] > ANSWER_TTL}
+            if missing:
+                for key, answer in self.prometheus(url).run(missing).items():
+                    cache[key] = (now, answer)
+                metrics.PROMETHEUS_QUERIES.inc(len(missing))
+            for key in [k for k, (t, _a) in cache.items() if now - t > ANSWER_TTL]:
+                del cache[key]  # keep only what is fresh (a query no rollout asks any more goes)
+            return {k: cache[k][1] for k in queries}
 
     def prometheus(self, url: str) -> PrometheusClient:
         # One client per worker thread: the HTTP session underneath is not thread-safe.
@@ -100,8 +124,7 @@ def fetch_samples(ctx: Context, requests: list[MeasurementRequest]) -> dict[tupl
     """Ask Prometheus once per distinct query for every request, and split the answers per rollout."""
     out: dict[tuple[str, str], Samples] = {}
     for url, queries in measurement.queries(requests).items():
-        answers = ctx.prometheus(url).run(queries)
-        metrics.PROMETHEUS_QUERIES.inc(len(queries))
+        answers = ctx.answers(url, queries)
         for req in requests:
             if req.url == url:
                 out[req.key] = measurement.samples_for(req, answers)
