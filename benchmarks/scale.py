@@ -482,10 +482,14 @@ def run_size(bench: Bench, n: int) -> dict[str, Any]:
         res["idle"] = idle.finish()
         res["idle"]["healthy_at_start"] = healthy_now
         res["idle"].pop("samples", None)
-        res["wave"] = phase_wave(bench, op, watch, admin_custom, alice_custom, keys, rev1)
-        if not args.no_floor:
+        f = figures(res)
+        say(f"N={n}: idle: operator CPU {f['idle_operator_cpu_cores']} cores, RSS max "
+            f"{f['idle_operator_rss_mb_max']} MB, {f['idle_operator_api_rps']} API requests/s")
+        if not args.no_floor:  # on the calm sandbox, before the wave, and gone before it starts
             bench.floor_op = op
             res["floor"] = phase_floor(bench, keys)
+            say(f"N={n}: floor: plain Deployment rollouts {res['floor']['rollout_s']}")
+        res["wave"] = phase_wave(bench, op, watch, admin_custom, alice_custom, keys, rev1)
     except Exception as exc:
         bench.warn(f"N={n}: aborted: {type(exc).__name__}: {exc}")
         res["aborted"] = f"{type(exc).__name__}: {exc}"
@@ -663,7 +667,7 @@ def _floor_deployment(name: str, version: int) -> dict[str, Any]:
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": name, "labels": {FLOOR_LABEL: "1"}},
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": name}},
-                 "template": {"metadata": {"labels": {"app": name}},
+                 "template": {"metadata": {"labels": {"app": name, FLOOR_LABEL: "1"}},
                               "spec": {"containers": [{"name": "app", "image": f"bench/{name}:{version}"}]}}},
     }
 
@@ -717,9 +721,17 @@ def phase_floor(bench: Bench, keys: Sequence[tuple[str, str]]) -> dict[str, Any]
                 "rollout_s": _round_summary(summary(list(finished.values())))})
     for ns in sorted({k[0] for k in fkeys}):
         try:
-            apps.delete_collection_namespaced_deployment(ns, label_selector=f"{FLOOR_LABEL}=1")
+            apps.delete_collection_namespaced_deployment(ns, label_selector=f"{FLOOR_LABEL}=1",
+                                                         propagation_policy="Foreground")
         except Exception as exc:
             bench.warn(f"floor: delete deployments in {ns}: {type(exc).__name__}: {exc}")
+    core = client.CoreV1Api(bench.admin)
+
+    def pods_gone() -> tuple[int, int]:
+        left = len(core.list_pod_for_all_namespaces(label_selector=f"{FLOOR_LABEL}=1", _request_timeout=60).items)
+        return 2 * n - left, 2 * n
+
+    wait_until("floor: pods gone before the wave", pods_gone, timeout, every=15)
     return out
 
 
