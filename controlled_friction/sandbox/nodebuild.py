@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from controlled_friction.sandbox import build
@@ -152,8 +153,14 @@ def ensure_all() -> None:
             build.build_target(target, {pkg: build.bin_dir() / name
                                         for pkg, name in build.output_names(target).items()})
 
+    def timed(name: str, lane: Callable[[], None]) -> None:
+        t0 = time.monotonic()
+        lane()
+        _log(f"lane {name} done in {time.monotonic() - t0:.0f}s")
+
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        lanes = [pool.submit(_build_kubernetes, True), pool.submit(others)]
+        lanes = [pool.submit(timed, "kubernetes", lambda: _build_kubernetes(True)),
+                 pool.submit(timed, "containerd/pause/etcd/kwok/helm", others)]
         for lane in lanes:
             lane.result()
 
