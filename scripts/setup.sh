@@ -3,6 +3,18 @@
 # Idempotent and cached: the venv, Debian's prometheus and the Go-built sandbox binaries are reused.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+t_setup=$(date +%s)
+step() { echo "[setup] $1 ($(( $(date +%s) - t_setup ))s)"; }
+
+command -v go >/dev/null 2>&1 || { echo "[setup] Go is required to build the sandbox (go.dev/dl)"; exit 1; }
+# The Go builds are the long, CPU-bound pole (tens of minutes cold, seconds when cached): start them
+# first, in the background, with the system Python (build.py and nodebuild.py are stdlib only), so
+# the network- and disk-bound steps below (apt, pip, debootstrap, wheels) run beside the compiles.
+echo "[setup] Go binaries (control plane + real node; cached under ~/.cache/controlled-friction/bin)"
+python3 -m controlled_friction.sandbox.nodebuild --all &
+go_pid=$!
+rootfs_pid=""
+trap 'kill "$go_pid" $rootfs_pid 2>/dev/null || true' EXIT
 
 need_apt=()
 command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
@@ -23,21 +35,31 @@ fi
 # Debian's package starts a system Prometheus on :9090; the project runs its own, so stop that one.
 if command -v systemctl >/dev/null 2>&1; then systemctl stop prometheus 2>/dev/null || true; fi
 
-command -v go >/dev/null 2>&1 || { echo "[setup] Go is required to build the sandbox (go.dev/dl)"; exit 1; }
+if [ "$(id -u)" = 0 ]; then
+  # The operator image's Debian root filesystem: downloads and unpacking, beside pip.
+  step "Debian root filesystem for the operator image (debootstrap; cached)"
+  python3 -m controlled_friction.sandbox.image --rootfs &
+  rootfs_pid=$!
+fi
 
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   python3 -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-echo "[setup] pip install -e .[dev]"
+step "pip install -e .[dev]"
 .venv/bin/python -m pip install -q -e '.[dev]'
+step "pip done"
 
-echo "[setup] sandbox binaries (built once from the Go module proxy, cached under ~/.cache/controlled-friction)"
-.venv/bin/python -m controlled_friction.sandbox.build
-echo "[setup] real-node binaries (kubelet, containerd, pause; cached like the others)"
-.venv/bin/python -m controlled_friction.sandbox.nodebuild
-if [ "$(id -u)" = 0 ]; then
-  echo "[setup] operator image for the real node (Debian root filesystem + wheel; cached)"
+if [ -n "$rootfs_pid" ]; then
+  wait "$rootfs_pid"
+  rootfs_pid=""
+  step "operator image for the real node (the wheel's venv on the root filesystem; cached)"
   .venv/bin/python -m controlled_friction.sandbox.image
+  step "image done"
 fi
+
+step "waiting for the Go builds"
+wait "$go_pid"
+trap - EXIT
+step "Go builds done"

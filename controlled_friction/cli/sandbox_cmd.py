@@ -30,7 +30,7 @@ def _print_status(states: dict[str, dict[str, object]]) -> None:
             health = "[yellow]running, unhealthy[/]"
         else:
             health = "[dim]not installed[/]" if not _expected(name) else "[red]stopped[/]"
-        address = f"127.0.0.1:{st['port']}"
+        address = str(st.get("address") or f"127.0.0.1:{st['port']}")
         table.add_row(name, str(st["pid"] or "-"), address, health)
     Console().print(table)
     Console().print(f"logs: {cluster.info().state_dir / 'logs'}")

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,9 +73,10 @@ class GoTarget:
     packages: tuple[str, ...]
     ldflags: str = "-s -w"
     extra_gomod: str = ""
+    tags: tuple[str, ...] = ()
 
 
-def _kubernetes_target(work: Path) -> GoTarget:
+def _kubernetes_target(work: Path, commands: tuple[str, ...] = K8S_COMMANDS) -> GoTarget:
     info = json.loads(_go(["mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"], work))
     gomod = Path(info["GoMod"]).read_text()
     replaces = staging_replaces(gomod, KUBERNETES_VERSION)
@@ -92,35 +94,47 @@ def _kubernetes_target(work: Path) -> GoTarget:
     return GoTarget(
         module="k8s.io/kubernetes",
         version=KUBERNETES_VERSION,
-        packages=tuple(f"k8s.io/kubernetes/cmd/{c}" for c in K8S_COMMANDS),
+        packages=tuple(f"k8s.io/kubernetes/cmd/{c}" for c in commands),
         ldflags="-s -w " + " ".join(xs),
         extra_gomod="replace (\n\t" + "\n\t".join(replaces) + "\n)\n",
     )
 
 
-def _targets(work: Path) -> list[GoTarget]:
+def other_targets() -> list[GoTarget]:
+    """The control plane's binaries from modules other than Kubernetes."""
     return [
         GoTarget("go.etcd.io/etcd/server/v3", ETCD_VERSION, ("go.etcd.io/etcd/server/v3",)),
         GoTarget("sigs.k8s.io/kwok", KWOK_VERSION, ("sigs.k8s.io/kwok/cmd/kwok",)),
         GoTarget("helm.sh/helm/v3", HELM_VERSION, ("helm.sh/helm/v3/cmd/helm",),
                  ldflags=f"-s -w -X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"),
-        _kubernetes_target(work),
     ]
 
 
-def _output_names(target: GoTarget) -> dict[str, str]:
-    names = {}
-    for pkg in target.packages:
-        name = pkg.rsplit("/", 1)[-1]
-        names[pkg] = "etcd" if target.module.startswith("go.etcd.io") else name
-    return names
+def go_output_name(pkg: str) -> str:
+    """The file `go build -o dir/` writes for a main package: its last element, skipping a /vN suffix."""
+    parts = pkg.split("/")
+    return parts[-2] if re.fullmatch(r"v\d+", parts[-1]) else parts[-1]
 
 
-def build_target(target: GoTarget, out: Path) -> None:
-    names = _output_names(target)
-    if all((out / n).exists() for n in names.values()):
+def output_names(target: GoTarget) -> dict[str, str]:
+    return {pkg: "etcd" if target.module.startswith("go.etcd.io") else go_output_name(pkg)
+            for pkg in target.packages}
+
+
+def work_dir(target: GoTarget) -> Path:
+    return cache_root() / "gowork" / target.module.replace("/", "_") / target.version
+
+
+def build_target(target: GoTarget, dests: dict[str, Path]) -> None:
+    """Compile the packages (package -> output file) whose output is missing, in one `go build`.
+
+    One invocation for several commands lets the go tool overlap one binary's link with the next
+    one's compiles, and compiles each shared package once.
+    """
+    missing = {pkg: dest for pkg, dest in dests.items() if not dest.exists()}
+    if not missing:
         return
-    work = cache_root() / "gowork" / target.module.replace("/", "_") / target.version
+    work = work_dir(target)
     work.mkdir(parents=True, exist_ok=True)
     (work / "go.mod").write_text(
         f"module cfsandbox/{target.module.replace('/', '_').replace('.', '_')}\n\ngo 1.26\n\n"
@@ -129,13 +143,25 @@ def build_target(target: GoTarget, out: Path) -> None:
     (work / "go.sum").touch()
     _log(f"resolving {target.module}@{target.version} from the Go module proxy")
     _go(["get", *[f"{p}@{target.version}" for p in target.packages]], work)
-    for pkg, name in names.items():
-        t0 = time.monotonic()
-        _log(f"compiling {name} ({pkg}); the first build takes minutes")
-        tmp = out / f".{name}.tmp"
-        _go(["build", "-trimpath", "-ldflags", target.ldflags, "-o", str(tmp), pkg], work)
-        tmp.rename(out / name)
-        _log(f"built {name} in {time.monotonic() - t0:.0f}s")
+    names = ", ".join(dest.name for dest in missing.values())
+    t0 = time.monotonic()
+    _log(f"compiling {names}; the first build takes minutes")
+    first = next(iter(missing.values()))
+    first.parent.mkdir(parents=True, exist_ok=True)
+    # Next to the first output so the final rename stays on one filesystem (all are under bin/).
+    with tempfile.TemporaryDirectory(dir=first.parent.parent, prefix=".build-") as tmp:
+        args = ["build", "-trimpath", "-ldflags", target.ldflags, "-o", tmp + "/"]
+        if target.tags:
+            args += ["-tags", ",".join(target.tags)]
+        _go([*args, *missing], work)
+        for pkg, dest in missing.items():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            (Path(tmp) / go_output_name(pkg)).rename(dest)
+    _log(f"built {names} in {time.monotonic() - t0:.0f}s")
+
+
+def _dests(target: GoTarget, out: Path) -> dict[str, Path]:
+    return {pkg: out / name for pkg, name in output_names(target).items()}
 
 
 def ensure_built(only: list[str] | None = None) -> Path:
@@ -146,10 +172,15 @@ def ensure_built(only: list[str] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     scratch = cache_root() / "gowork"
     scratch.mkdir(parents=True, exist_ok=True)
-    for target in _targets(scratch):
-        if only and not any(p.rsplit("/", 1)[-1] in only or target.module in only for p in target.packages):
+    wanted = [n for n in K8S_COMMANDS if not only or n in only]
+    if wanted and not all(binary(n).exists() for n in wanted):
+        build_target(_kubernetes_target(scratch, tuple(wanted)), {f"k8s.io/kubernetes/cmd/{n}": out / n
+                                                                  for n in wanted})
+    for target in other_targets():
+        names = output_names(target).values()
+        if only and not any(n in only for n in names) and target.module not in only:
             continue
-        build_target(target, out)
+        build_target(target, _dests(target, out))
     return out
 
 

@@ -309,7 +309,7 @@ def down(quiet: bool = False) -> None:
 
 
 def status() -> dict[str, dict[str, Any]]:
-    """Per component: pid (or None), running, healthy, port, url and log path."""
+    """Per component: pid (or None), running, healthy, address, port, url and log path."""
     p = layout.paths()
     out: dict[str, dict[str, Any]] = {}
     for c in components.all_components(p):
@@ -318,12 +318,15 @@ def status() -> dict[str, dict[str, Any]]:
             "pid": rec.pid if rec else None,
             "running": rec is not None,
             "healthy": rec is not None and health.probe(c, p.ca_cert),
+            "address": f"{layout.HOST}:{c.port}",
             "port": c.port,
             "url": c.health_url,
             "log": str(p.log_file(c.name)),
         }
     if not simulator_available():
         out["simulator"]["note"] = f"{components.SIMULATOR_MODULE} not installed"
+    if realnode.running(p):  # only when `up --real-node` started it: a kwok-only sandbox is complete
+        out.update(realnode.status(p))
     return out
 
 

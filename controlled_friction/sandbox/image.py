@@ -294,15 +294,14 @@ def write_oci_archive(out: Path, ref: str, config: dict[str, Any], layers: list[
 def _source_digest() -> str:
     """Hash of what goes into the wheel and the image config.
 
-    The sandbox's own modules ship in the wheel too but never run in the operator's pod: changing
-    them does not rebuild the image.
+    `controlled_friction/sandbox/` counts too: the entrypoint (`controlled-friction run`) loads the
+    CLI, which imports the sandbox commands and with them most of the sandbox package.
     """
     h = hashlib.sha256()
     files = [SOURCE_ROOT / "pyproject.toml", DOCKERFILE]
     package = SOURCE_ROOT / "controlled_friction"
     files += sorted(p for p in package.rglob("*")
-                    if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".yaml", ".typed")
-                    and p.parent != package / "sandbox")
+                    if p.is_file() and "__pycache__" not in p.parts and p.suffix in (".py", ".yaml", ".typed"))
     for p in files:
         h.update(str(p.relative_to(SOURCE_ROOT)).encode())
         h.update(p.read_bytes())
@@ -430,7 +429,15 @@ def _ensure_pause_image(pause_binary: Path) -> BuiltImage:
     return BuiltImage(PAUSE_REF, archive)
 
 
+def ensure_rootfs_locked() -> Path:
+    with _locked():
+        return ensure_rootfs()
+
+
 if __name__ == "__main__":
     t_start = time.monotonic()
+    if sys.argv[1:] == ["--rootfs"]:  # `scripts/setup.sh` runs this beside pip: stdlib only
+        _log(f"root filesystem: {ensure_rootfs_locked()} ({time.monotonic() - t_start:.0f}s)")
+        sys.exit(0)
     built = ensure_operator_image()
     _log(f"{built.ref}: {built.archive} ({time.monotonic() - t_start:.0f}s)")

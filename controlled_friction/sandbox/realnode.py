@@ -538,14 +538,19 @@ def up(p: Paths, quiet: bool = False) -> None:
 
 
 def status(p: Paths) -> dict[str, dict[str, object]]:
+    """containerd and the kubelet, in the shape of `cluster.status` (containerd has a socket, no port)."""
     n = NodePaths(p)
+    healthz = layout.port("kubelet_healthz")
+    checks: dict[str, tuple[Callable[[], bool], str, int | None, str | None]] = {
+        "containerd": (lambda: _containerd_healthy(n), str(n.socket), None, None),
+        "kubelet": (_kubelet_healthy, f"{HOST}:{healthz}", healthz, f"http://{HOST}:{healthz}/healthz"),
+    }
     out: dict[str, dict[str, object]] = {}
-    checks: dict[str, Callable[[], bool]] = {"containerd": lambda: _containerd_healthy(n),
-                                             "kubelet": _kubelet_healthy}
-    for name, healthy in checks.items():
+    for name, (healthy, address, port, url) in checks.items():
         rec = _record(name, p)
         out[name] = {"pid": rec.pid if rec else None, "running": rec is not None,
-                     "healthy": rec is not None and healthy(), "log": str(p.log_file(name))}
+                     "healthy": rec is not None and healthy(), "address": address, "port": port, "url": url,
+                     "log": str(p.log_file(name))}
     return out
 
 

@@ -110,6 +110,9 @@ def test_real_node_joins_next_to_the_kwok_nodes(real_sandbox: SandboxInfo) -> No
     assert node["metadata"]["labels"][realnode.REAL_NODE_LABEL] == "true"
     assert [t["key"] for t in node["spec"]["taints"]] == [realnode.REAL_NODE_LABEL]
     assert {a["address"] for a in node["status"]["addresses"]} >= {realnode.gateway()}
+    # `sandbox status` lists the node's daemons next to the control plane's.
+    states = cluster.status()
+    assert states["kubelet"]["healthy"] and states["containerd"]["healthy"], states
     # Ordinary pods (no toleration) still go to the kwok nodes.
     ns = _namespace("kwok")
     kubectl("create", "deployment", "plain", "--image=shop/app:1", "--replicas=3", "-n", ns)
