@@ -5,15 +5,21 @@
         [--idle-seconds 60] [--approval-rate 50] [--approval-seconds 20] [--namespaces 10]
         [--compare benchmarks/results/scale-before.json] [--keep-sandbox]
 
-Against the real sandbox (`cluster.up()`), with the operator from this tree as a separate process
-(`OperatorProcess`, its ServiceAccount identity, the webhooks on 127.0.0.1, tick 2 s as deployed).
+Against the real sandbox (`cluster.up()`), with the operator from this tree as separate processes
+(`OperatorProcess`, its ServiceAccount identity, the webhooks on 127.0.0.1): the controller, and
+admission in a process of its own (`--webhooks separate`, the default, as the chart's
+`webhook.separateDeployment` runs it) or in the controller's (`--webhooks same`).
 For each N it creates N plain Rollouts over ~10 namespaces — 2 replicas, steps `setWeight: 50` then
 `pause: 30s`, one `errorRatio` metric (maxRatio 0.05) every 10 s — and measures:
 
 1. **create**: time until every first revision is Healthy (and each Rollout's time from its create);
 2. **idle** (`--idle-seconds`, all Healthy, nothing changing): the operator's CPU (cores, utime+stime
    of its process tree from /proc) and RSS, its API requests/s by verb, Prometheus queries, reconciles;
-3. **wave**: every template changed at once (a canary each, the 30 s plan): lag beyond the plan
+3. **floor** (skip with `--no-floor`): N plain Deployments of the same shape, no operator involved,
+   rolled out at once by the Deployment controller alone, on the calm sandbox; their pods are gone
+   before the wave. What the sandbox itself can do: a canary wave costs at least two such pod changes
+   per Rollout;
+4. **wave**: every template changed at once (a canary each, the 30 s plan): lag beyond the plan
    (template change to Healthy, minus 30 s) p50/p95/max, the time to the first step, reconcile latency
    p50/p99, Prometheus queries per 10 s analysis interval at the plateau of canaries in analysis;
    while the canaries bake, **approvals** arrive as alice at `--approval-rate`/s for
