@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from benchmarks.detection import quantile
 from benchmarks.judges import ArgoRollouts, Flagger, Kayenta, kayenta_metrics, thresholds
 from benchmarks.replay import Peer, Point, Series, replay_ours, replay_peer
 from controlled_friction.adapters.prometheus import PrometheusClient
@@ -278,16 +279,6 @@ def unguarded_lost(schedule: Sequence[tuple[float, float]], horizon: float, faul
 
 # ---------------------------------------------------------------- summary
 
-
-def quantile(values: Sequence[float], q: float) -> float:
-    """Linear interpolation between order statistics; inf stands for "never"."""
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    pos = (len(ordered) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    a, b = ordered[lo], ordered[hi]
-    return a if pos == lo or a == b else a + (b - a) * (pos - lo)
 
 
 def _inf(t: float | None) -> float:
