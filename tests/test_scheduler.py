@@ -173,3 +173,46 @@ def test_a_key_done_early_runs_again_without_waiting_for_its_batch():
     batches = run(main())
     assert batches[0] == [("ns", "fast"), ("ns", "slow")]
     assert [("ns", "fast")] in batches[1:], "the fast key waited for the slow one's batch"
+
+
+def test_a_key_released_early_is_never_reconciled_twice_at_once():
+    """The batch that released a key early must not release it again when it ends: by then the key
+    may be running in a later batch, and a wake-up would start a second reconcile of it alongside."""
+
+    async def main() -> int:
+        slow_gate, fast_gate = asyncio.Event(), asyncio.Event()
+        running: dict[tuple[str, str], int] = {}
+        most = 0
+
+        async def process(keys, release):
+            nonlocal most
+            for k in keys:
+                running[k] = running.get(k, 0) + 1
+                most = max(most, running[k])
+            if ("ns", "slow") in keys:
+                running[("ns", "fast")] -= 1
+                release(("ns", "fast"), None)
+                await slow_gate.wait()
+            elif ("ns", "fast") in keys:
+                await fast_gate.wait()  # the second run of the fast key is still going
+            for k in keys:
+                if k != ("ns", "fast") or ("ns", "slow") not in keys:
+                    running[k] -= 1
+            return {k: None for k in keys}
+
+        s = Scheduler(process, lambda: True)
+        task = asyncio.create_task(s.run())
+        s.wake_all([("ns", "fast"), ("ns", "slow")])
+        await asyncio.sleep(0.2)
+        s.wake(("ns", "fast"))  # second run starts and holds
+        await asyncio.sleep(0.2)
+        slow_gate.set()  # the first batch ends while the fast key's second run is in progress
+        await asyncio.sleep(0.1)
+        s.wake(("ns", "fast"))  # must wait for the second run, not start a third alongside it
+        await asyncio.sleep(0.3)
+        fast_gate.set()
+        await asyncio.sleep(0.2)
+        task.cancel()
+        return most
+
+    assert run(main()) == 1

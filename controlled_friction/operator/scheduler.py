@@ -103,12 +103,21 @@ class Scheduler:
 
     async def _run_batch(self, keys: list[Key]) -> None:
         self._busy.update(keys)
+        released: set[Key] = set()
+
+        def release(key: Key, at: float | None) -> None:
+            # Once per key and batch: a key released early may already be busy in a later batch, and
+            # releasing it again here would let a third wake-up reconcile it twice at once.
+            if key not in released:
+                released.add(key)
+                self.release(key, at)
+
         try:
-            next_looks = await self._process(keys, self.release)
+            next_looks = await self._process(keys, release)
         except Exception:
             next_looks = {k: self._clock() + 5.0 for k in keys}  # the batch failed as a whole: try soon
         for key in keys:
-            self.release(key, next_looks.get(key))
+            release(key, next_looks.get(key))
 
     def release(self, key: Key, at: float | None) -> None:
         """`key` is done: run it again now if it was woken meanwhile, and at `at` (on the loop)."""
