@@ -97,7 +97,12 @@ class Base:
                 unique.append(a)
         self.actions = unique
         self.st.observed_generation = self.inp.generation
-        self.st.effective_weight = effective_weight(self.obs.stable, self.obs.canary)
+        if self.st.phase == "Healthy":
+            self.st.effective_weight = 0.0  # stable serves all; a retired canary's pods get no new requests
+        elif not (self.st.phase == self.before_phase == "Promoting"):
+            # While stable rolls to the promoted revision both tracks run it, and the pods' share moves
+            # with every pod started: it keeps the share the last step served instead of a write per pod.
+            self.st.effective_weight = effective_weight(self.obs.stable, self.obs.canary)
         self.traffic_status()
         if self.st.phase != self.before_phase:
             kind: Literal["Normal", "Warning"] = (

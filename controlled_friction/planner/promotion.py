@@ -22,13 +22,14 @@ class Promotion(Steps):
                 self.set_phase("Progressing", f"all steps done; promotion holding: {why}")
                 return
             self.actions.append(ApplyDeployment("stable", self.revision, self.spec.template, self.spec.replicas))
-            self.set_phase("Promoting", f"promoting {self.revision} to stable")
+            # Worded as the wait that follows, so the next looks find nothing new to write.
+            self.set_phase("Promoting", self.promoting_message())
             return
         stable = self.obs.stable
         assert stable is not None
         if not stable.serving(self.spec.replicas):
             self.ensure_stable_replicas()
-            self.set_phase("Promoting", f"waiting for stable {self.revision} to become available")
+            self.set_phase("Promoting", self.promoting_message())
             return
         if not self.retire_canary():
             self.set_phase("Promoting", f"stable {self.revision} is available; setting HTTPRoute "
@@ -46,6 +47,9 @@ class Promotion(Steps):
         st.step_started_at = None
         self.set_phase("Healthy", f"promoted {self.revision}; stable serves all traffic")
         self.start_watch()
+
+    def promoting_message(self) -> str:
+        return f"promoting {self.revision}: waiting for stable {self.revision} to become available"
 
     def start_watch(self) -> None:
         """Keep judging the promoted revision for the plan's post-promotion watch, if any."""
@@ -119,10 +123,14 @@ class Promotion(Steps):
         st.approvals = []
         st.approvals_summary = "-"
         if stable is not None and stable.serving(self.spec.replicas):
-            self.set_phase("Healthy", f"stable {st.stable_revision} serves all traffic")
-            if st.watch is not None:
-                st.message += (f"; post-promotion watch until {st.watch.until:%H:%M:%S} UTC "
-                               f"(rolls back to {st.previous_stable_revision} on failure)")
+            # Just promoted: keep what the promotion said while it still holds (no write, no Event).
+            kept = (self.before_phase == "Healthy" and st.message.startswith(f"promoted {st.stable_revision};")
+                    and (st.watch is not None) == ("; watching it until" in st.message))
+            if not kept:
+                self.set_phase("Healthy", f"stable {st.stable_revision} serves all traffic")
+                if st.watch is not None:
+                    st.message += (f"; post-promotion watch until {st.watch.until:%H:%M:%S} UTC "
+                                   f"(rolls back to {st.previous_stable_revision} on failure)")
         else:
             self.set_phase("Progressing", f"waiting for stable {st.stable_revision} to become available")
         return self.finish()

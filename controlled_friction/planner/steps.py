@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-import math
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from controlled_friction.effective_plan import active_freeze, matching_policies
 from controlled_friction.models.rollout import PlannedStep
 from controlled_friction.planner.gate import Gate
 from controlled_friction.planner.measuring import Analysis
 from controlled_friction.planner.traffic import Traffic
+
+
+def until(end: datetime) -> str:
+    """A step's end as the message says it: an instant, not a countdown, so the status does not
+    change (and need not be written) at every look while a bake runs."""
+    return f"{end.astimezone(UTC):%H:%M:%S} UTC"
 
 
 def canary_replicas(replicas: int, weight: int) -> int:
@@ -89,7 +94,7 @@ class Steps(Gate, Analysis, Traffic):
                 left = (end - self.now).total_seconds()
                 if left > 0:
                     self.wake_at(end)
-                    self.set_phase("Progressing", f"{where}: baking at {st.canary_weight}%, {math.ceil(left)}s left")
+                    self.set_phase("Progressing", f"{where}: baking at {st.canary_weight}% until {until(end)}")
                     return
                 ok, why = self.analysis_ok()
                 if not ok:
@@ -114,7 +119,7 @@ class Steps(Gate, Analysis, Traffic):
                 ok, why = self.analysis_ok(step.metrics, in_step=True)
                 if left > 0 or not ok:
                     self.wake_at(end)
-                    text = f"{math.ceil(left)}s left" if left > 0 else f"holding: {why}"
+                    text = f"until {until(end)}" if left > 0 else f"holding: {why}"
                     self.set_phase("Progressing", f"{where}: analysing at {st.canary_weight}%, {text}")
                     return
             self.advance()
