@@ -31,6 +31,15 @@ PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # ---------------------------------------------------------------- statistics
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a process the benchmark starts)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def quantile(values: Sequence[float], q: float) -> float | None:
     """Linear-interpolated quantile (numpy's default); None for no values."""
     if not values:
@@ -382,41 +391,32 @@ class Seen:
         return (phase, stable, canary, weight)
 
 
-class RolloutWatch:
-    """One cluster-wide watch of the benchmark's Rollouts (by label), re-listing when it must."""
+class _ListWatch:
+    """One list-then-watch stream (resumed from the last resourceVersion, re-listed on 410), calling
+    `_record` for every object seen."""
 
-    def __init__(self, api: Any, group: str, version: str, plural: str, selector: str) -> None:
-        from kubernetes import client
-
-        self.custom = client.CustomObjectsApi(api)
-        self.args = (group, version, plural)
-        self.selector = selector
+    def __init__(self, list_call: Callable[..., Any], args: tuple[Any, ...], selector: str, name: str) -> None:
+        self.list_call, self.list_args, self.selector = list_call, args, selector
         self.lock = threading.Lock()
-        self.seen: dict[tuple[str, str], Seen] = defaultdict(Seen)
         self.events = 0
         self.relists = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rollout-watch", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def _record(self, obj: Mapping[str, Any], deleted: bool = False) -> None:
-        meta, st = obj.get("metadata") or {}, obj.get("status") or {}
-        key = (str(meta.get("namespace")), str(meta.get("name")))
-        row = ("Deleted", None, None, None) if deleted else (
-            st.get("phase"), st.get("stableRevision"), st.get("canaryRevision"), st.get("canaryWeight"))
-        with self.lock:
-            seen = self.seen[key]
-            if seen.last != row:
-                seen.transitions.append((time.monotonic(), *row))
-            self.events += 1
+        raise NotImplementedError
+
+    def _list(self, **kwargs: Any) -> dict[str, Any]:
+        rsp = self.list_call(*self.list_args, label_selector=self.selector, _preload_content=False, **kwargs)
+        return dict(json.loads(rsp.data))
 
     def _run(self) -> None:
         from kubernetes import client, watch
 
         while not self._stop.is_set():
             try:
-                listed: Any = self.custom.list_cluster_custom_object(*self.args, label_selector=self.selector,
-                                                                _request_timeout=60)
+                listed = self._list(_request_timeout=60)
                 for item in listed.get("items") or []:
                     self._record(item)
                 rv = listed["metadata"]["resourceVersion"]
@@ -424,9 +424,9 @@ class RolloutWatch:
                 while not self._stop.is_set():
                     w = watch.Watch()  # type: ignore[no-untyped-call]
                     for ev in w.stream(  # type: ignore[no-untyped-call]
-                                       self.custom.list_cluster_custom_object, *self.args,
-                                       label_selector=self.selector, resource_version=rv, timeout_seconds=60,
-                                       allow_watch_bookmarks=True, _request_timeout=90):
+                                       self.list_call, *self.list_args, label_selector=self.selector,
+                                       resource_version=rv, timeout_seconds=60, allow_watch_bookmarks=True,
+                                       _request_timeout=90, deserialize=False):
                         if self._stop.is_set():
                             w.stop()  # type: ignore[no-untyped-call]
                             break
@@ -441,10 +441,76 @@ class RolloutWatch:
             except Exception:
                 self._stop.wait(1)
 
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class RolloutWatch(_ListWatch):
+    """One cluster-wide watch of the benchmark's Rollouts (by label), re-listing when it must."""
+
+    def __init__(self, api: Any, group: str, version: str, plural: str, selector: str) -> None:
+        from kubernetes import client
+
+        self.seen: dict[tuple[str, str], Seen] = defaultdict(Seen)
+        super().__init__(client.CustomObjectsApi(api).list_cluster_custom_object, (group, version, plural),
+                         selector, "rollout-watch")
+
+    def _record(self, obj: Mapping[str, Any], deleted: bool = False) -> None:
+        meta, st = obj.get("metadata") or {}, obj.get("status") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        row = ("Deleted", None, None, None) if deleted else (
+            st.get("phase"), st.get("stableRevision"), st.get("canaryRevision"), st.get("canaryWeight"))
+        with self.lock:
+            seen = self.seen[key]
+            if seen.last != row:
+                seen.transitions.append((time.monotonic(), *row))
+            self.events += 1
+
     def snapshot(self) -> dict[tuple[str, str], Seen]:
         with self.lock:
             return {k: Seen(list(v.transitions)) for k, v in self.seen.items()}
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+
+@dataclass(frozen=True)
+class DeploymentRow:
+    """One Deployment as a watch saw it: its pod template's revision and whether all its pods run it."""
+
+    t: float  # monotonic
+    revision: str | None
+    replicas: int
+    done: bool  # observed, every replica updated, ready and available (a rollout of it is complete)
+
+
+class DeploymentWatch(_ListWatch):
+    """Every Deployment the operator owns (by label), as (revision, replicas, done) on change: when
+    Kubernetes had the pods a Rollout's step or promotion asked for, to split a lag between the
+    operator and the pods."""
+
+    def __init__(self, api: Any, selector: str, revision_label: str) -> None:
+        from kubernetes import client
+
+        self.revision_label = revision_label
+        self.seen: dict[tuple[str, str], list[DeploymentRow]] = defaultdict(list)
+        super().__init__(client.AppsV1Api(api).list_deployment_for_all_namespaces, (), selector, "deployment-watch")
+
+    def _record(self, obj: Mapping[str, Any], deleted: bool = False) -> None:
+        meta, spec, st = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        labels = ((spec.get("template") or {}).get("metadata") or {}).get("labels") or {}
+        replicas = int(spec.get("replicas") or 0)
+        done = (not deleted and int(st.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
+                and all(int(st.get(f) or 0) == replicas for f in ("updatedReplicas", "readyReplicas",
+                                                                   "availableReplicas", "replicas")))
+        row = DeploymentRow(time.monotonic(), None if deleted else labels.get(self.revision_label),
+                            0 if deleted else replicas, done)
+        with self.lock:
+            rows = self.seen[key]
+            if not rows or (rows[-1].revision, rows[-1].replicas, rows[-1].done) != (row.revision, row.replicas,
+                                                                                    row.done):
+                rows.append(row)
+            self.events += 1
+
+    def first(self, key: tuple[str, str], pred: Callable[[DeploymentRow], bool], after: float) -> float | None:
+        with self.lock:
+            return next((r.t for r in self.seen.get(key, []) if r.t >= after and pred(r)), None)

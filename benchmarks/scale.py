@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import probes
-from benchmarks.probes import CpuWindow, RolloutWatch, Samples, summary
+from benchmarks.probes import CpuWindow, DeploymentRow, DeploymentWatch, RolloutWatch, Samples, summary
 from controlled_friction import names
 from controlled_friction.revision import revision_of
 from controlled_friction.sandbox import cluster, components, layout
@@ -78,6 +78,7 @@ COMPONENTS = ("kube-apiserver", "etcd", "kwok", "kube-controller-manager", "kube
 APISERVER_PREFIXES = ("apiserver_request_total", "apiserver_admission_webhook_admission_duration_seconds")
 PROMETHEUS_PREFIXES = ("prometheus_http_requests_total", "prometheus_engine_query_duration_seconds_count")
 RECONCILE = "controlled_friction_reconcile_duration_seconds"
+ADMISSION = "controlled_friction_admission_duration_seconds"
 # The issue's figures (one operator, 200 Rollouts, same plan): (value, rollouts, per-Rollout comparable).
 ISSUE_200 = {
     "idle_operator_cpu_cores": (0.65, 200, True),
@@ -208,6 +209,7 @@ class Bench:
     own_prom_queries: int = 0
     warnings: list[str] = field(default_factory=list)
     webhook_pid: int | None = None  # the admission process, when it runs apart from the controller
+    webhook_metrics_port: int | None = None  # its /metrics
     floor_op: OperatorProcess | None = None  # whose CPU the floor phase samples (idle there)
 
     def warn(self, msg: str) -> None:
@@ -279,7 +281,12 @@ class Phase:
         self._thread.start()
 
     def _operator_metrics(self) -> Samples:
-        return probes.scrape(f"http://127.0.0.1:{self.bench.info.ports['operator_health']}/metrics", (RECONCILE,))
+        out = probes.scrape(f"http://127.0.0.1:{self.bench.info.ports['operator_health']}/metrics",
+                            (RECONCILE, ADMISSION))
+        if self.bench.webhook_metrics_port is not None:  # admission in a process of its own
+            out = {k: v for k, v in out.items() if not k[0].startswith(ADMISSION)}
+            out.update(probes.scrape(f"http://127.0.0.1:{self.bench.webhook_metrics_port}/metrics", (ADMISSION,)))
+        return out
 
     def _safe(self, fn: Callable[[], Samples]) -> Samples:
         try:
@@ -342,6 +349,14 @@ class Phase:
                 hooks[hook] = {"n": int(b[-1][1]), "p50_ms": _ms1(probes.histogram_quantile(0.5, b)),
                                "p99_ms": _ms1(probes.histogram_quantile(0.99, b))}
         out["apiserver_webhook_latency"] = hooks
+        # ... and as the webhook server itself timed them (the difference is the API server's side).
+        served: dict[str, Any] = {}
+        for (hook,) in probes.delta(op1, self.op0, f"{ADMISSION}_count", group_by=("webhook",)):
+            b = probes.histogram_delta(op1, self.op0, ADMISSION, {"webhook": hook})
+            if b and b[-1][1] > 0:
+                served[hook] = {"n": int(b[-1][1]), "p50_ms": _ms1(probes.histogram_quantile(0.5, b)),
+                                "p99_ms": _ms1(probes.histogram_quantile(0.99, b))}
+        out["server_webhook_latency"] = served
         # Reconciles, from the operator's own histogram.
         rb = probes.histogram_delta(op1, self.op0, RECONCILE)
         n_rec = rb[-1][1] if rb else 0.0
@@ -466,14 +481,16 @@ def run_size(bench: Bench, n: int) -> dict[str, Any]:
                          webhook_port=info.ports["webhook"], metrics_port=info.ports["operator_health"],
                          flags=["--component", "controller", "--webhook-mode", "none"] if separate else [], **tick)
     hooks = OperatorProcess(log_path=info.state_dir / "logs" / f"scale-webhooks-{n}.log",
-                            webhook_port=info.ports["webhook"], flags=["--component", "webhooks"]) if separate else None
+                            webhook_port=info.ports["webhook"], metrics_port=probes.free_port(),
+                            flags=["--component", "webhooks"]) if separate else None
     watch = RolloutWatch(bench.admin, names.GROUP, names.VERSION, names.ROLLOUT_PLURAL, SELECTOR)
+    deployments = DeploymentWatch(bench.admin, names.LABEL_ROLLOUT, names.LABEL_REVISION)
     admin_custom = client.CustomObjectsApi(bench.admin)
     alice_custom = client.CustomObjectsApi(bench.alice)
     if hooks is not None:
         hooks.start()
         assert hooks.proc is not None
-        bench.webhook_pid = hooks.proc.pid
+        bench.webhook_pid, bench.webhook_metrics_port = hooks.proc.pid, hooks.metrics_port
     op.start()
     try:
         (hooks or op).wait_webhook_ready(timeout=min(120, args.timeout))
@@ -495,7 +512,7 @@ def run_size(bench: Bench, n: int) -> dict[str, Any]:
             bench.floor_op = op
             res["floor"] = phase_floor(bench, keys)
             say(f"N={n}: floor: plain Deployment rollouts {res['floor']['rollout_s']}")
-        res["wave"] = phase_wave(bench, op, watch, admin_custom, alice_custom, keys, rev1)
+        res["wave"] = phase_wave(bench, op, watch, deployments, admin_custom, alice_custom, keys, rev1)
     except Exception as exc:
         bench.warn(f"N={n}: aborted: {type(exc).__name__}: {exc}")
         res["aborted"] = f"{type(exc).__name__}: {exc}"
@@ -505,9 +522,10 @@ def run_size(bench: Bench, n: int) -> dict[str, Any]:
             bench.warn(f"N={n}: the operator exited; last log lines:\n{op.tail(15)}")
         if hooks is not None:
             hooks.stop()
-            bench.webhook_pid = None
+            bench.webhook_pid = bench.webhook_metrics_port = None
         res["cleanup"] = cleanup(bench, op, watch, admin_custom, nss, keys)
         watch.stop()
+        deployments.stop()
         op.stop()
         remove_webhook_configurations()
         res["loadavg_end"] = probes.loadavg()
@@ -576,8 +594,9 @@ def phase_create(bench: Bench, op: OperatorProcess, watch: RolloutWatch, custom:
     return out
 
 
-def phase_wave(bench: Bench, op: OperatorProcess, watch: RolloutWatch, admin_custom: Any, alice_custom: Any,
-               keys: Sequence[tuple[str, str]], rev1: dict[tuple[str, str], str]) -> dict[str, Any]:
+def phase_wave(bench: Bench, op: OperatorProcess, watch: RolloutWatch, deployments: DeploymentWatch,
+               admin_custom: Any, alice_custom: Any, keys: Sequence[tuple[str, str]],
+               rev1: dict[tuple[str, str], str]) -> dict[str, Any]:
     args, n = bench.args, len(keys)
     targets = [k for k in keys if k in rev1]
     say(f"N={n}: wave of {len(targets)} canaries (30 s plan); approvals as alice at {args.approval_rate}/s "
@@ -622,6 +641,7 @@ def phase_wave(bench: Bench, op: OperatorProcess, watch: RolloutWatch, admin_cus
     out = phase.finish()
     snap = watch.snapshot()
     lags, lags_after_step, first_steps, mismatched = [], [], [], 0
+    shares: dict[str, list[float]] = {"operator": [], "pods": []}
     rolled_back = 0
     for k in wanted:
         t_change = patched[k].done
@@ -644,6 +664,10 @@ def phase_wave(bench: Bench, op: OperatorProcess, watch: RolloutWatch, admin_cus
             lags.append(t_done - t_change - PLAN_SECONDS)
             if t_step is not None:
                 lags_after_step.append(t_done - t_step - PLAN_SECONDS)
+                split = lag_split(seen, deployments, k, rev2[k], t_change, t_step, t_done)
+                if split is not None:
+                    shares["operator"].append(split[0])
+                    shares["pods"].append(split[1])
     if rolled_back:
         bench.warn(f"wave: {rolled_back} healthy canaries were ROLLED BACK (inconclusive/no data?)")
     if mismatched:
@@ -657,12 +681,40 @@ def phase_wave(bench: Bench, op: OperatorProcess, watch: RolloutWatch, admin_cus
         "lag_beyond_plan_s": _round_summary(summary(lags)),
         "first_step_s": _round_summary(summary(first_steps)),
         "lag_beyond_plan_after_first_step_s": _round_summary(summary(lags_after_step)),
+        "lag_operator_s": _round_summary(summary(shares["operator"])),
+        "lag_pods_s": _round_summary(summary(shares["pods"])),
         "phases_at_end": phase_counts(watch, keys),
         "approvals": approvals,
         "prometheus_plateau": plateau(out.get("samples") or []),
     })
     out.pop("samples", None)
     return out
+
+
+def lag_split(seen: probes.Seen, deployments: DeploymentWatch, key: tuple[str, str], rev: str, t_change: float,
+              t_step: float, t_done: float) -> tuple[float, float] | None:
+    """One canary's lag beyond the plan, split into the operator's share and the pods' share.
+
+    The pods' share is what Kubernetes took to do what the operator asked: the canary Deployment from
+    created to all its pods ready, and the stable Deployment from the promotion to all its pods on the
+    promoted revision. The rest is the operator's: reacting to the template, to the ready canary, to
+    the end of the bake (it may hold for analysis) and to the available stable. None when a moment was
+    not seen (e.g. the watch relisted past it)."""
+    ns, name = key
+    canary, stable = (ns, names.deployment_name(name, "canary")), (ns, names.deployment_name(name, "stable"))
+
+    def is_canary(r: DeploymentRow) -> bool:
+        return r.revision == rev and r.replicas > 0
+
+    created = deployments.first(canary, is_canary, t_change - 1)
+    ready = deployments.first(canary, lambda r: is_canary(r) and r.done, t_change - 1)
+    promoting = seen.first(lambda p, _s, _c, _w: p == "Promoting", after=t_step)
+    available = deployments.first(stable, lambda r: r.revision == rev and r.done, t_step)
+    if None in (created, ready, promoting, available):
+        return None
+    assert created is not None and ready is not None and promoting is not None and available is not None
+    pods = max(0.0, ready - created) + max(0.0, min(available, t_done) - promoting)
+    return t_done - t_change - PLAN_SECONDS - pods, pods
 
 
 FLOOR_LABEL = "cf-scale-floor"
@@ -921,6 +973,10 @@ def figures(res: dict[str, Any]) -> dict[str, Any]:
         "wave_lag_p50_s": _get(res, "wave", "lag_beyond_plan_s", "p50"),
         "wave_lag_p95_s": _get(res, "wave", "lag_beyond_plan_s", "p95"),
         "wave_lag_max_s": _get(res, "wave", "lag_beyond_plan_s", "max"),
+        "wave_lag_operator_p50_s": _get(res, "wave", "lag_operator_s", "p50"),
+        "wave_lag_operator_p95_s": _get(res, "wave", "lag_operator_s", "p95"),
+        "wave_lag_pods_p50_s": _get(res, "wave", "lag_pods_s", "p50"),
+        "wave_lag_pods_p95_s": _get(res, "wave", "lag_pods_s", "p95"),
         "wave_operator_cpu_cores": _get(res, "wave", "cpu", "cores", "operator"),
         "wave_operator_api_rps": _get(res, "wave", "operator_api", "rps"),
         "wave_reconcile_p50_s": _get(res, "wave", "reconcile", "p50_s"),
@@ -941,6 +997,10 @@ def figures(res: dict[str, Any]) -> dict[str, Any]:
         short = hook.split(".")[0]
         f[f"approvals_apiserver_{short}_p50_ms"] = h.get("p50_ms")
         f[f"approvals_apiserver_{short}_p99_ms"] = h.get("p99_ms")
+    for hook, h in (_get(res, "wave", "approvals", "server_webhook_latency") or {}).items():
+        short = hook.split(".")[0]
+        f[f"approvals_server_{short}_p50_ms"] = h.get("p50_ms")
+        f[f"approvals_server_{short}_p99_ms"] = h.get("p99_ms")
     f["simulator_target_ok"] = all(
         bool(_get(res, ph, "simulator_target", "ok")) for ph in ("create", "idle", "wave") if ph in res)
     return f
@@ -970,6 +1030,10 @@ LABELS = {
     "wave_lag_p50_s": "wave: lag beyond 30 s plan p50 (s)",
     "wave_lag_p95_s": "wave: lag beyond 30 s plan p95 (s)",
     "wave_lag_max_s": "wave: lag beyond 30 s plan max (s)",
+    "wave_lag_operator_p50_s": "wave: lag, operator's share p50 (s)",
+    "wave_lag_operator_p95_s": "wave: lag, operator's share p95 (s)",
+    "wave_lag_pods_p50_s": "wave: lag, pods' share p50 (s)",
+    "wave_lag_pods_p95_s": "wave: lag, pods' share p95 (s)",
     "floor_rollout_p50_s": "floor: N plain Deployment rollouts p50 (s)",
     "floor_rollout_p95_s": "floor: N plain Deployment rollouts p95 (s)",
     "floor_rollout_max_s": "floor: N plain Deployment rollouts max (s)",
@@ -1060,6 +1124,9 @@ def render_size(res: dict[str, Any], peer: dict[str, Any] | None) -> list[str]:
     hooks = _get(res, "wave", "approvals", "apiserver_webhook_latency") or {}
     for hook, h in hooks.items():
         lines.append(f"  approvals: API server's view of webhook {hook}: n {h['n']}, p50 {_fmt(h['p50_ms'])} ms, "
+                     f"p99 {_fmt(h['p99_ms'])} ms")
+    for hook, h in (_get(res, "wave", "approvals", "server_webhook_latency") or {}).items():
+        lines.append(f"  approvals: the webhook server's own time for {hook}: n {h['n']}, p50 {_fmt(h['p50_ms'])} ms, "
                      f"p99 {_fmt(h['p99_ms'])} ms")
     req = _get(res, "wave", "approvals", "requests")
     if req:

@@ -46,6 +46,10 @@ def run(
         from controlled_friction.operator import handlers  # noqa: F401
     if component in ("all", "webhooks") and mode != "none":
         from controlled_friction.operator import admission_app  # noqa: F401
+    if component == "webhooks" and metrics_port:
+        from controlled_friction.operator import metrics  # the controller's start-up serves them otherwise
+
+        metrics.serve(metrics_port, RUN.metrics_addr)
 
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_prefix=False)
     logs.configure(verbose)  # after kopf: one JSON handler on the root logger, not two

@@ -36,6 +36,13 @@ DRIFT_REVERTED = Counter(
 PROMETHEUS_QUERIES = Counter(
     "controlled_friction_prometheus_queries_total", "Queries sent to Prometheus (batched across Rollouts)."
 )
+ADMISSION_SECONDS = Histogram(
+    "controlled_friction_admission_duration_seconds",
+    "Time to answer one admission request, in the webhook server (the API server's own view, "
+    "apiserver_admission_webhook_admission_duration_seconds, adds the network and its own waits).",
+    ["webhook"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5),
+)
 CONFLICTS = Counter("controlled_friction_conflicts_total", "409 conflicts handled by re-reading and re-planning.")
 
 _PHASES = ("Pending", "Progressing", "Paused", "AwaitingApproval", "Promoting", "Healthy", "RolledBack", "Invalid")

@@ -20,6 +20,7 @@ import kopf
 import structlog
 
 from controlled_friction.admission import AdmissionInput
+from controlled_friction.operator import metrics
 
 log = structlog.get_logger("controlled_friction.admission")
 
@@ -97,10 +98,11 @@ class DirectPath:
         memo, indices = bound.get("memobase"), bound.get("indices")
 
         async def serve(request: Any, *, webhook: str | None = None, **kw: Any) -> Any:
-            answer = ANSWERS.get(webhook or "")
-            if answer is not None and memo is not None and indices is not None:
-                return respond(request, answer, memo, indices)
-            return await fn(request, webhook=webhook, **kw)
+            with metrics.ADMISSION_SECONDS.labels(webhook or "").time():
+                answer = ANSWERS.get(webhook or "")
+                if answer is not None and memo is not None and indices is not None:
+                    return respond(request, answer, memo, indices)
+                return await fn(request, webhook=webhook, **kw)
 
         async for config in super().__call__(serve):  # type: ignore[misc]
             yield config
