@@ -43,6 +43,9 @@ ADMISSION_SECONDS = Histogram(
     ["webhook"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2.5),
 )
+EVENTS_DROPPED = Counter(
+    "controlled_friction_events_dropped_total", "Events not recorded because too many were already waiting."
+)
 CONFLICTS = Counter("controlled_friction_conflicts_total", "409 conflicts handled by re-reading and re-planning.")
 
 _PHASES = ("Pending", "Progressing", "Paused", "AwaitingApproval", "Promoting", "Healthy", "RolledBack", "Invalid")

@@ -14,6 +14,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +53,7 @@ MAX_CONFLICT_RETRIES = 3
 # Answers younger than this are reused. Below half the shortest analysis interval (1 s), so two looks
 # of one rollout never share an answer, and about the scrape interval (1 s), within which it cannot change.
 ANSWER_TTL = 0.4
+EVENT_BACKLOG = 2000
 
 
 @dataclass
@@ -67,6 +69,30 @@ class Context:
     written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
     _answers: dict[str, dict[str, tuple[float, Answer]]] = field(default_factory=dict)
     _answer_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    # Events are posted off the reconcile's path: they are best effort, and under API-server load two
+    # of them could double a reconcile's time and hold its Rollout's next look back.
+    _event_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="events"))
+    _event_slots: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(EVENT_BACKLOG))
+
+    def post_event(self, body: dict[str, Any], ev: RecordEvent) -> None:
+        """Record an Event soon, in the background; dropped (and counted) beyond EVENT_BACKLOG pending."""
+        if not self._event_slots.acquire(blocking=False):
+            metrics.EVENTS_DROPPED.inc()
+            return
+
+        meta = body["metadata"]
+        involved = {k: body[k] for k in ("apiVersion", "kind") if body.get(k)}
+        involved["metadata"] = {k: meta.get(k) for k in ("name", "namespace", "uid")}
+
+        def post() -> None:
+            try:
+                _event(self.kube, involved, ev)
+            finally:
+                self._event_slots.release()
+
+        self._event_pool.submit(post)
 
     def answers(self, url: str, queries: Mapping[str, Query]) -> dict[str, Answer]:
         """Prometheus's answers, shared by batches that ask within ANSWER_TTL of each other: a grouped
@@ -285,7 +311,7 @@ def _apply(ctx: Context, body: dict[str, Any], spec: RolloutSpec | None, decisio
             except NotFound:  # deleted meanwhile: its DELETED event wakes the rollout, which then holds
                 log.info("HTTPRoute gone before its patch", namespace=ns, route=a.name)
     for ev in decision.events():
-        _event(kube, body, ev)
+        ctx.post_event(body, ev)
 
 
 def _event(kube: Kube, body: dict[str, Any], ev: RecordEvent) -> None:
