@@ -668,6 +668,8 @@ def phase_wave(bench: Bench, op: OperatorProcess, watch: RolloutWatch, deploymen
                 if split is not None:
                     shares["operator"].append(split[0])
                     shares["pods"].append(split[1])
+                    for part, v in split[2].items():
+                        shares.setdefault(f"operator_{part}", []).append(v)
     if rolled_back:
         bench.warn(f"wave: {rolled_back} healthy canaries were ROLLED BACK (inconclusive/no data?)")
     if mismatched:
@@ -683,6 +685,9 @@ def phase_wave(bench: Bench, op: OperatorProcess, watch: RolloutWatch, deploymen
         "lag_beyond_plan_after_first_step_s": _round_summary(summary(lags_after_step)),
         "lag_operator_s": _round_summary(summary(shares["operator"])),
         "lag_pods_s": _round_summary(summary(shares["pods"])),
+        # The operator's share by what it was reacting to (the watch's view: includes its write's latency).
+        "lag_operator_parts_s": {k[len("operator_"):]: _round_summary(summary(v)) for k, v in shares.items()
+                                 if k.startswith("operator_")},
         "phases_at_end": phase_counts(watch, keys),
         "approvals": approvals,
         "prometheus_plateau": plateau(out.get("samples") or []),
@@ -692,7 +697,7 @@ def phase_wave(bench: Bench, op: OperatorProcess, watch: RolloutWatch, deploymen
 
 
 def lag_split(seen: probes.Seen, deployments: DeploymentWatch, key: tuple[str, str], rev: str, t_change: float,
-              t_step: float, t_done: float) -> tuple[float, float] | None:
+              t_step: float, t_done: float) -> tuple[float, float, dict[str, float]] | None:
     """One canary's lag beyond the plan, split into the operator's share and the pods' share.
 
     The pods' share is what Kubernetes took to do what the operator asked: the canary Deployment from
@@ -714,7 +719,9 @@ def lag_split(seen: probes.Seen, deployments: DeploymentWatch, key: tuple[str, s
         return None
     assert created is not None and ready is not None and promoting is not None and available is not None
     pods = max(0.0, ready - created) + max(0.0, min(available, t_done) - promoting)
-    return t_done - t_change - PLAN_SECONDS - pods, pods
+    parts = {"template": created - t_change, "canary_ready": t_step - ready,
+             "bake_end": promoting - t_step - PLAN_SECONDS, "stable_ready": t_done - available}
+    return t_done - t_change - PLAN_SECONDS - pods, pods, parts
 
 
 FLOOR_LABEL = "cf-scale-floor"
@@ -822,6 +829,65 @@ def plateau(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+PROBE_EVERY = 0.2  # seconds between direct admission probes
+
+
+class AdmissionProbe:
+    """Times the approvals webhook from outside the API server: an AdmissionReview of an approval, as the
+    API server sends it, POSTed over one kept-alive HTTPS connection every PROBE_EVERY s. It counts all
+    of the webhook server's side (TLS, HTTP, parsing, the wait on its event loop, the decision), none
+    of the API server's. An admission answer has no side effect: only the API server applies it."""
+
+    def __init__(self, bench: Bench, key: tuple[str, str], revision: str) -> None:
+        import urllib3
+        from kubernetes import client
+
+        self.times: list[float] = []
+        self.failures = 0
+        hooks = client.AdmissionregistrationV1Api(bench.admin).read_mutating_webhook_configuration(names.GROUP)
+        url = next(str(h.client_config.url) for h in hooks.webhooks or [] if h.name.startswith("approvals."))
+        parsed = urllib3.util.parse_url(url)
+        self.path = parsed.path or "/"
+        self.pool = urllib3.HTTPSConnectionPool(str(parsed.host), parsed.port, cert_reqs="CERT_NONE", maxsize=1,
+                                                assert_hostname=False)
+        urllib3.disable_warnings()
+        old = client.CustomObjectsApi(bench.admin).get_namespaced_custom_object(
+            names.GROUP, names.VERSION, key[0], names.ROLLOUT_PLURAL, key[1])
+        new = json.loads(json.dumps(old))
+        new["metadata"].setdefault("annotations", {})[names.ANN_APPROVE] = revision
+        self.review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "scale-probe", "operation": "UPDATE", "namespace": key[0], "name": key[1],
+            "kind": {"group": names.GROUP, "version": names.VERSION, "kind": "Rollout"},
+            "resource": {"group": names.GROUP, "version": names.VERSION, "resource": names.ROLLOUT_PLURAL},
+            "userInfo": {"username": "alice", "groups": [names.SENIOR_GROUP, "system:authenticated"]},
+            "object": new, "oldObject": old}}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="admission-probe", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        body = json.dumps(self.review).encode()
+        while not self._stop.wait(PROBE_EVERY):
+            t0 = time.monotonic()
+            try:
+                rsp = self.pool.urlopen("POST", self.path, body=body, headers={"Content-Type": "application/json"},
+                                        timeout=10.0, retries=False)
+                ok = rsp.status == 200 and b'"response"' in rsp.data
+            except Exception:
+                ok = False
+            if ok:
+                self.times.append(time.monotonic() - t0)
+            else:
+                self.failures += 1
+
+    def finish(self) -> dict[str, Any]:
+        self._stop.set()
+        self._thread.join(timeout=15)
+        ms = [t * 1000 for t in self.times]
+        return {"n": len(ms), "failures": self.failures, "p50_ms": _ms1(probes.quantile(ms, 0.5)),
+                "p99_ms": _ms1(probes.quantile(ms, 0.99)), "max_ms": _ms1(max(ms) if ms else None)}
+
+
 def run_approvals(bench: Bench, op: OperatorProcess, watch: RolloutWatch, custom: Any,
                   keys: Sequence[tuple[str, str]], rev2: dict[tuple[str, str], str]) -> dict[str, Any]:
     args = bench.args
@@ -829,6 +895,11 @@ def run_approvals(bench: Bench, op: OperatorProcess, watch: RolloutWatch, custom
     if not keys or total <= 0:
         return {}
     phase = Phase(bench, "approvals", op, watch)
+    try:
+        probe: AdmissionProbe | None = AdmissionProbe(bench, keys[0], rev2[keys[0]])
+    except Exception as exc:
+        bench.warn(f"approvals: no direct admission probe: {type(exc).__name__}: {exc}")
+        probe = None
     calls: list[Call] = []
     lock = threading.Lock()
 
@@ -860,7 +931,9 @@ def run_approvals(bench: Bench, op: OperatorProcess, watch: RolloutWatch, custom
     for t in threads:
         t.join(timeout=max(0.0, t0 + sent + APPROVAL_TIMEOUT + 5 - time.monotonic()))
     answered = max((c.done for c in calls), default=t0) - t0
+    direct = probe.finish() if probe is not None else {}
     out = phase.finish()
+    out["direct_probe"] = direct
     out.pop("samples", None)
     out.update({"requests": call_summary(calls), "sent_seconds": round(sent, 1),
                 "answered_seconds": round(answered, 1), "not_sent_in_flight_cap": skipped,
@@ -997,6 +1070,9 @@ def figures(res: dict[str, Any]) -> dict[str, Any]:
         short = hook.split(".")[0]
         f[f"approvals_apiserver_{short}_p50_ms"] = h.get("p50_ms")
         f[f"approvals_apiserver_{short}_p99_ms"] = h.get("p99_ms")
+    probe = _get(res, "wave", "approvals", "direct_probe") or {}
+    f["approvals_direct_probe_p50_ms"] = probe.get("p50_ms")
+    f["approvals_direct_probe_p99_ms"] = probe.get("p99_ms")
     for hook, h in (_get(res, "wave", "approvals", "server_webhook_latency") or {}).items():
         short = hook.split(".")[0]
         f[f"approvals_server_{short}_p50_ms"] = h.get("p50_ms")
@@ -1128,10 +1204,20 @@ def render_size(res: dict[str, Any], peer: dict[str, Any] | None) -> list[str]:
     for hook, h in (_get(res, "wave", "approvals", "server_webhook_latency") or {}).items():
         lines.append(f"  approvals: the webhook server's own time for {hook}: n {h['n']}, p50 {_fmt(h['p50_ms'])} ms, "
                      f"p99 {_fmt(h['p99_ms'])} ms")
+    probe = _get(res, "wave", "approvals", "direct_probe")
+    if probe:
+        lines.append(f"  approvals: the webhook server timed from outside the API server (an approval's "
+                     f"AdmissionReview every {PROBE_EVERY:g} s, kept-alive HTTPS): n {probe['n']}, failures "
+                     f"{probe['failures']}, p50 {_fmt(probe['p50_ms'])} ms, p99 {_fmt(probe['p99_ms'])} ms, "
+                     f"max {_fmt(probe['max_ms'])} ms")
     req = _get(res, "wave", "approvals", "requests")
     if req:
         lines.append(f"  approvals: {req['n']} requests, by status {req['by_status']}; refused because: "
                      f"{'; '.join(f'{r} ({c})' for r, c in req['top_reasons']) or '-'}")
+    parts = _get(res, "wave", "lag_operator_parts_s")
+    if parts:
+        lines.append("  wave: the operator's share of the lag by what it reacted to, p50/p95 s: "
+                     + ", ".join(f"{k} {_fmt(v.get('p50'))}/{_fmt(v.get('p95'))}" for k, v in parts.items()))
     pl = _get(res, "wave", "prometheus_plateau")
     if pl:
         lines.append(f"  wave: Prometheus plateau: {pl}")
