@@ -793,7 +793,10 @@ def phase_floor(bench: Bench, keys: Sequence[tuple[str, str]]) -> dict[str, Any]
     core = client.CoreV1Api(bench.admin)
 
     def pods_gone() -> tuple[int, int]:
-        left = len(core.list_pod_for_all_namespaces(label_selector=f"{FLOOR_LABEL}=1", _request_timeout=60).items)
+        # Raw JSON: turning thousands of pods into client models took over a minute per look at 1,000.
+        rsp = core.list_pod_for_all_namespaces(label_selector=f"{FLOOR_LABEL}=1", _request_timeout=60,
+                                               _preload_content=False)
+        left = len(json.loads(rsp.data).get("items") or [])
         return 2 * n - left, 2 * n
 
     wait_until("floor: pods gone before the wave", pods_gone, timeout, every=15)
