@@ -45,8 +45,21 @@ class Promotion(Steps):
         st.canary_weight = 0
         st.current_step_index = 0
         st.step_started_at = None
-        self.set_phase("Healthy", f"promoted {self.revision}; stable serves all traffic")
         self.start_watch()
+        self.set_phase("Healthy", self.healthy_message())
+
+    def healthy_message(self) -> str:
+        """One wording for Healthy, derived from the status (the promotion and every later look say the
+        same, so a look after a promotion has nothing new to write)."""
+        st = self.st
+        last = st.history[-1] if st.history else None
+        promoted = last is not None and last.revision == st.stable_revision and last.outcome == "Promoted"
+        text = (f"promoted {st.stable_revision}; stable serves all traffic" if promoted
+                else f"stable {st.stable_revision} serves all traffic")
+        if st.watch is not None:
+            text += (f"; watching it until {st.watch.until:%H:%M:%S} UTC "
+                     f"(rolls back to {st.previous_stable_revision} on failure)")
+        return text
 
     def promoting_message(self) -> str:
         return f"promoting {self.revision}: waiting for stable {self.revision} to become available"
@@ -64,8 +77,6 @@ class Promotion(Steps):
         until = self.now + timedelta(seconds=seconds)
         st.watch = PostPromotionWatch(revision=self.revision, since=self.now, until=until,
                                       analysis=AnalysisState(metrics=kept))
-        st.message += (f"; watching it until {until:%H:%M:%S} UTC "
-                       f"(rolls back to {st.previous_stable_revision} on failure)")
         self.wake_at(self.now + timedelta(seconds=analysis_interval(self.spec, plan)))
 
     def watch(self) -> Decision | None:
@@ -123,14 +134,7 @@ class Promotion(Steps):
         st.approvals = []
         st.approvals_summary = "-"
         if stable is not None and stable.serving(self.spec.replicas):
-            # Just promoted: keep what the promotion said while it still holds (no write, no Event).
-            kept = (self.before_phase == "Healthy" and st.message.startswith(f"promoted {st.stable_revision};")
-                    and (st.watch is not None) == ("; watching it until" in st.message))
-            if not kept:
-                self.set_phase("Healthy", f"stable {st.stable_revision} serves all traffic")
-                if st.watch is not None:
-                    st.message += (f"; post-promotion watch until {st.watch.until:%H:%M:%S} UTC "
-                                   f"(rolls back to {st.previous_stable_revision} on failure)")
+            self.set_phase("Healthy", self.healthy_message())
         else:
             self.set_phase("Progressing", f"waiting for stable {st.stable_revision} to become available")
         return self.finish()
