@@ -135,3 +135,19 @@ def test_label_values_are_escaped() -> None:
     (sample,) = fam.samples
     assert sample.labels["namespace"] == odd.namespace and sample.labels["service"] == odd.service
     assert "sim_source_up" not in text  # no status given: no source gauge
+
+
+def test_without_latency_the_histogram_alone_is_left_out(rendered: tuple[TrafficModel, str]) -> None:
+    model, full = rendered
+    lean = ModelCollector(model, SourceStatus(ok=True), latency=False).render().decode()
+
+    def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+    everything, kept = samples(full), samples(lean)
+    latency = {k for k in everything if k[0].startswith("http_request_duration_seconds")}
+    assert latency and not any(k[0].startswith("http_request_duration_seconds") for k in kept)
+    assert "http_request_duration_seconds" not in lean  # no HELP/TYPE of an empty family either
+    assert kept == {k: v for k, v in everything.items() if k not in latency}
+    assert len(kept) < 0.4 * len(everything)  # the histogram is most of a scrape

@@ -24,6 +24,8 @@ SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # Opt-in for benchmarks: path of an audit policy file; kube-apiserver then writes a JSON audit log to
 # `<logs>/kube-apiserver-audit.log` (benchmarks/scale.py counts the operator's requests by verb there).
 ENV_AUDIT_POLICY = "CF_SANDBOX_AUDIT_POLICY"
+# "0" starts the simulator without its latency histogram (the scale benchmark sets it; see exposition).
+ENV_SIM_LATENCY = "CF_SANDBOX_SIM_LATENCY"
 # Client rate limits of the sandbox's own controllers. The defaults (20 QPS, burst 30) make the
 # deployment/replicaset controllers and the scheduler the bottleneck long before the operator at
 # hundreds of Rollouts (a wave of 1,000 canaries is 1,000 ReplicaSets and 2,000 pods).
@@ -210,6 +212,7 @@ def simulator(p: Paths) -> Component:
             sys.executable, "-m", SIMULATOR_MODULE,
             "--kubeconfig", str(p.admin_kubeconfig),
             "--listen", f"{HOST}:{port}",
+            *(["--no-latency"] if os.environ.get(ENV_SIM_LATENCY) == "0" else []),
         ],
         port=port,
         health_url=_url("http", port, "/metrics"),

@@ -460,10 +460,10 @@ class ModelCollector:
     """Renders the model's current counters at each scrape (`exposition.Exposition`: label strings are
     built once per series, so 1,000 services render in a fraction of the 1 s scrape timeout)."""
 
-    def __init__(self, model: TrafficModel, status: SourceStatus | None = None) -> None:
+    def __init__(self, model: TrafficModel, status: SourceStatus | None = None, *, latency: bool = True) -> None:
         self.model = model
         self.status = status
-        self._exposition = Exposition()
+        self._exposition = Exposition(latency=latency)
         self._lock = threading.Lock()  # concurrent scrapes share the prefix cache
 
     def render(self) -> bytes:
@@ -495,14 +495,20 @@ class SimulatorHandle:
     """A running simulator (tick thread, refresh thread, HTTP server). Stop it with `stop()`."""
 
     def __init__(
-        self, model: TrafficModel, source: Source, listen: str, tick_interval: float, refresh_interval: float
+        self,
+        model: TrafficModel,
+        source: Source,
+        listen: str,
+        tick_interval: float,
+        refresh_interval: float,
+        latency: bool = True,
     ) -> None:
         self.model, self.source = model, source
         self.tick_interval, self.refresh_interval = tick_interval, refresh_interval
         self.status = SourceStatus()
         self.last_tick: float | None = None
         self._stop = threading.Event()
-        self._collector = ModelCollector(model, self.status)
+        self._collector = ModelCollector(model, self.status, latency=latency)
         host, port = parse_listen(listen)
         self._server = make_server(host, port, self._app, server_class=_Server, handler_class=_QuietHandler)
         bound_port = self._server.server_address[1]
@@ -608,9 +614,11 @@ def serve(
     *,
     tick_interval: float = 0.25,
     refresh_interval: float = 1.0,
+    latency: bool = True,
 ) -> SimulatorHandle:
-    """Run the simulator in background threads; port 0 picks a free port (see `handle.target`)."""
-    return SimulatorHandle(model, source, listen, tick_interval, refresh_interval)
+    """Run the simulator in background threads; port 0 picks a free port (see `handle.target`).
+    `latency=False` leaves the latency histogram out of /metrics (see `exposition`)."""
+    return SimulatorHandle(model, source, listen, tick_interval, refresh_interval, latency)
 
 
 # ---------------------------------------------------------------- process
@@ -624,6 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None, help="RNG seed (default: random)")
     parser.add_argument("--tick", type=float, default=0.25, help="seconds between model ticks")
     parser.add_argument("--refresh", type=float, default=1.0, help="seconds between topology updates from the watches")
+    parser.add_argument("--no-latency", action="store_true",
+                        help="leave the latency histogram out of /metrics (a third of the samples; for scale runs)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
 
@@ -635,7 +645,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stopping.set())
     handle = serve(
-        model, ClusterSource(args.kubeconfig), args.listen, tick_interval=args.tick, refresh_interval=args.refresh
+        model,
+        ClusterSource(args.kubeconfig),
+        args.listen,
+        tick_interval=args.tick,
+        refresh_interval=args.refresh,
+        latency=not args.no_latency,
     )
     log.info("traffic simulator listening on %s (rate %.1f req/s per service)", handle.url, args.rate)
     try:
