@@ -9,6 +9,10 @@ queries per round grows with the distinct windows, not with the number of Rollou
 metrics and the one-off pre-rollout baseline stay one query each. The adapter (`adapters.prometheus`)
 only runs the queries and hands back numbers or failures; `samples_for` picks each rollout's numbers
 out of the shared answers, and the planner judges them (`planner.sequential_analysis`).
+
+Every look measures at an instant of the analysis grid (`at`, Prometheus's `time=`), not at the moment
+it happens to run: looks of one grid instant ask the same questions whatever batch or delay they fall
+in, so they share one answer, and the queries per interval do not grow with the number of Rollouts.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from controlled_friction.analysis import (
     BASELINE_ORDER_RATE,
@@ -81,6 +86,7 @@ class MeasurementRequest:
     metrics: tuple[MetricSpec, ...]
     # Metrics whose pre-rollout baseline order rate is not known yet (asked once per canary).
     baselines: tuple[str, ...] = ()
+    at: datetime | None = None  # the grid instant measured (None: whenever the query runs)
 
 
 @dataclass(frozen=True)
@@ -92,6 +98,7 @@ class Samples:
     errors: dict[str, str] = field(default_factory=dict)
     # Baselines fetched in this round (metric name -> order rate, None when there were no orders).
     baselines: dict[str, float | None] = field(default_factory=dict)
+    at: datetime | None = None  # the instant the numbers are of (the request's)
 
 
 # ---------------------------------------------------------------- what to ask
@@ -223,7 +230,7 @@ def samples_for(req: MeasurementRequest, answers: Mapping[str, Answer],
     baselines: dict[str, float | None] = {}
     if req.url is None:
         return Samples(req.context, errors={m.name: "no Prometheus address: set spec.analysis.prometheus.address "
-                                            "or CF_PROMETHEUS_URL" for m in req.metrics})
+                                            "or CF_PROMETHEUS_URL" for m in req.metrics}, at=req.at)
     for name in req.baselines:
         ans = answers.get(_own_key(req, "baseline", name))
         if isinstance(ans, float) or ans is None:
@@ -268,4 +275,4 @@ def samples_for(req: MeasurementRequest, answers: Mapping[str, Answer],
             if metric.name in known:
                 vals[BASELINE_ORDER_RATE] = known[metric.name]
         values[metric.name] = vals
-    return Samples(req.context, values, errors, baselines)
+    return Samples(req.context, values, errors, baselines, at=req.at)

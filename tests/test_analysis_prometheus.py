@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from prometheus_client import CollectorRegistry, Counter, start_http_server
@@ -332,3 +332,16 @@ def test_hung_prometheus_times_out_with_one_bounded_retry_and_no_more_calls() ->
         for conn in accepted:
             conn.close()
         listener.close()
+
+
+def test_a_look_measures_its_grid_instant_not_the_moment_it_runs(world: World) -> None:
+    """Looks of one grid instant share one answer only if the answer is of that instant: a query at
+    `at` must return the counters as they were then, even when it runs seconds later."""
+    promql = f'sum by (namespace, service, track, revision) (http_requests_total{{namespace="{NAMESPACE}"}})'
+    key = (NAMESPACE, "healthy", "stable", "stable0001")
+    now = datetime.now(UTC)
+    then = now - timedelta(seconds=6)
+    at_now, at_then = world.client.table(promql, at=now)[key], world.client.table(promql, at=then)[key]
+    # 38 requests/s on stable: about 228 fewer six seconds earlier (scrapes are 1 s apart).
+    assert at_now - at_then == pytest.approx(38 * 6, abs=60)
+    assert world.client.table(promql, at=then)[key] == at_then  # the past does not move

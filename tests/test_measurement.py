@@ -3,6 +3,8 @@ Rollouts are due; each rollout's cumulative counters are picked out of the share
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from datetime import UTC, datetime
 
 from controlled_friction import measurement
@@ -126,7 +128,7 @@ def test_batches_asking_at_the_same_moment_share_one_answer():
     calls: list[list[str]] = []
 
     class FakeProm:
-        def run(self, queries):
+        def run(self, queries, at=None):
             calls.append(sorted(queries))
             return {k: measurement.IndexedTable({}) for k in queries}
 
@@ -143,3 +145,31 @@ def test_batches_asking_at_the_same_moment_share_one_answer():
     time.sleep(ANSWER_TTL + 0.05)
     c.answers("http://prom", qs)  # the next look asks again
     assert len(calls) == 3 and calls[2] == sorted(qs)
+
+
+def test_looks_of_one_grid_instant_share_one_answer_however_late_they_run():
+    from datetime import UTC, datetime, timedelta
+
+    from controlled_friction.operator.reconcile import ANSWER_TTL, Context, fetch_samples
+
+    asked: list[tuple[datetime | None, tuple[str, ...]]] = []
+
+    class FakeProm:
+        def run(self, queries, at=None):
+            asked.append((at, tuple(sorted(queries))))
+            return {k: measurement.IndexedTable({}) for k in queries}
+
+    c = Context(kube=None, key=b"k")  # type: ignore[arg-type]
+    c.prometheus = lambda url: FakeProm()  # type: ignore[method-assign]
+    t = datetime(2026, 3, 1, 12, 0, 10, tzinfo=UTC)
+    first = [replace(req(i, ERRORS), at=t) for i in range(3)]
+    late = [replace(req(i, ERRORS), at=t) for i in range(3, 6)]
+    out = fetch_samples(c, first)
+    import time
+
+    time.sleep(ANSWER_TTL + 0.05)  # a later batch of the same instant, past the ad-hoc reuse time
+    out.update(fetch_samples(c, late))
+    assert len(asked) == 1 and asked[0][0] == t  # one fetch, of the grid instant itself
+    assert all(out[r.key].at == t for r in first + late)
+    fetch_samples(c, [replace(req(0, ERRORS), at=t + timedelta(seconds=10))])
+    assert [a for a, _ in asked] == [t, t + timedelta(seconds=10)]  # the next instant is asked anew

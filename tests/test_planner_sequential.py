@@ -4,7 +4,7 @@ the quiet limit, shadow metrics never act; driven by Prometheus counters (`Obser
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from controlled_friction.analysis import (
     BASELINE_ORDER_RATE,
@@ -42,7 +42,7 @@ def deployed(metrics_: list[dict[str, object]], steps: list[dict[str, object]] =
 
 
 def look(w: World, canary: tuple[float, float] | None, stable: tuple[float, float] = (0, 0),
-         advance: float = 2.0, **extra: float) -> Decision:
+         advance: float = 2.0, at: datetime | None = None, **extra: float) -> Decision:
     """One analysis look with these cumulative counters (requests, 5xx) of canary and stable."""
     w.now += timedelta(seconds=advance)
     status = RolloutStatus.model_validate(w.status.wire())  # what a restarted operator reads
@@ -55,7 +55,7 @@ def look(w: World, canary: tuple[float, float] | None, stable: tuple[float, floa
         values[CANARY_ORDERS_TOTAL] = 0.3 * canary[0]
     assert status.effective_plan is not None
     samples = Samples(query_context("shop", "checkout", w.spec, status),
-                      {m.name: dict(values) for m in status.effective_plan.metrics})
+                      {m.name: dict(values) for m in status.effective_plan.metrics}, at=at)
     d = plan(RolloutInput("shop", "checkout", 1, w.labels, dict(w.annotations), w.spec, status,
                           replace(w.last_observations(), samples=samples), w.now))
     w.apply(d)
@@ -233,3 +233,27 @@ def test_no_watch_without_a_window() -> None:
         look(w, (20.0 * (i + 1), 0.1 * (i + 1)), (80.0 * (i + 1), 0.4 * (i + 1)))
     assert w.status.phase == "Healthy" and w.status.watch is None
     assert w.status.previous_stable_template is not None  # kept anyway
+
+
+
+def test_a_late_look_measures_the_grid_instant_passed_and_the_next_is_not_skipped() -> None:
+    from controlled_friction.planner import request_for
+
+    w = deployed([ERRORS], interval="10s")
+    first = request_for("shop", "checkout", w.spec, RolloutStatus.model_validate(w.status.wire()), w.labels, {},
+                        (), (), "http://prom", w.now)
+    assert first is not None and first.at is not None and first.at.timestamp() % 10 == 0 and first.at <= w.now
+    look(w, (0.0, 0.0), (80.0, 0.4), advance=0, at=first.at)
+    assert w.status.analysis.last_run_at == first.at  # the instant measured, not the moment it ran
+    due = first.at + timedelta(seconds=10)
+    w.now = due + timedelta(seconds=7.5)  # the next look runs 7.5 s late (a loaded API server)
+    req = request_for("shop", "checkout", w.spec, RolloutStatus.model_validate(w.status.wire()), w.labels, {},
+                      (), (), "http://prom", w.now)
+    assert req is not None and req.at == due  # the instant it was due, shared with every on-time look
+    d = look(w, (40.0, 0.2), (160.0, 0.8), advance=0, at=req.at)
+    assert d.status.analysis.last_run_at == due
+    assert d.next_look == due + timedelta(seconds=10)  # 2.5 s on, not skipped to 12.5 s on
+    w.now = due + timedelta(seconds=25)  # later than an interval: the present instant, no catching up
+    req = request_for("shop", "checkout", w.spec, RolloutStatus.model_validate(w.status.wire()), w.labels, {},
+                      (), (), "http://prom", w.now)
+    assert req is not None and req.at == due + timedelta(seconds=20)

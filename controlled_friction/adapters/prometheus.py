@@ -51,13 +51,14 @@ class PrometheusClient:
             reraise=True,
         )(self._conn.custom_query)
 
-    def instant(self, query: str) -> float | None:
-        """One number: the sum of the returned series; None when the result is empty or NaN."""
-        return _number(self._raw(query))
+    def instant(self, query: str, at: datetime | None = None) -> float | None:
+        """One number: the sum of the returned series; None when the result is empty or NaN.
+        `at`: the instant to evaluate at (default: Prometheus's now)."""
+        return _number(self._raw(query, at))
 
-    def table(self, query: str) -> Table:
+    def table(self, query: str, at: datetime | None = None) -> Table:
         """Finite values of the returned series by GROUP_LABELS (a `sum by (...)` query)."""
-        result = self._raw(query)
+        result = self._raw(query, at)
         if not isinstance(result, list):
             raise PrometheusQueryError(f"unexpected query result: {str(result)[:200]}")
         out: Table = {}
@@ -72,8 +73,9 @@ class PrometheusClient:
                 out[key] = out.get(key, 0.0) + value
         return IndexedTable(out)
 
-    def run(self, queries: Mapping[str, Query]) -> dict[str, Answer]:
-        """Every query's answer; once Prometheus is unreachable the rest fail without another timeout."""
+    def run(self, queries: Mapping[str, Query], at: datetime | None = None) -> dict[str, Answer]:
+        """Every query's answer at `at` (default: now); once Prometheus is unreachable the rest fail
+        without another timeout."""
         out: dict[str, Answer] = {}
         down: QueryFailure | None = None
         for key, q in queries.items():
@@ -81,7 +83,7 @@ class PrometheusClient:
                 out[key] = down
                 continue
             try:
-                out[key] = self.table(q.promql) if q.grouped else self.instant(q.promql)
+                out[key] = self.table(q.promql, at) if q.grouped else self.instant(q.promql, at)
             except PrometheusUnavailable as err:
                 down = QueryFailure(str(err), unavailable=True)
                 out[key] = down
@@ -89,9 +91,9 @@ class PrometheusClient:
                 out[key] = QueryFailure(str(err), unavailable=False)
         return out
 
-    def _raw(self, query: str) -> Any:
+    def _raw(self, query: str, at: datetime | None = None) -> Any:
         try:
-            result = self._query(query)
+            result = self._query(query, params=None if at is None else {"time": f"{at.timestamp():.3f}"})
         except _TRANSIENT as err:
             raise PrometheusUnavailable(f"Prometheus at {self.url} is unreachable: {_short(err)}") from err
         except PrometheusApiClientException as err:

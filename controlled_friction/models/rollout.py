@@ -470,7 +470,8 @@ class MetricState(StatusModel):
 
 
 class AnalysisState(StatusModel):
-    last_run_at: datetime | None = Field(default=None, description="When metrics were last measured.")
+    last_run_at: datetime | None = Field(
+        default=None, description="The instant the last measurement is of (an instant of the analysis grid).")
     metrics: list[MetricState] = Field(default_factory=list, description="Per-metric counters and last measurement.")
 
 

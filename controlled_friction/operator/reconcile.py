@@ -50,9 +50,12 @@ from controlled_friction.workloads import deployment_body, service_body
 
 log = structlog.get_logger("controlled_friction.reconcile")
 MAX_CONFLICT_RETRIES = 3
-# Answers younger than this are reused. Below half the shortest analysis interval (1 s), so two looks
-# of one rollout never share an answer, and about the scrape interval (1 s), within which it cannot change.
+# Answers of no grid instant (ad-hoc looks) younger than this are reused. Below half the shortest
+# analysis interval (1 s), so two looks of one rollout never share one, and about the scrape interval.
 ANSWER_TTL = 0.4
+# Answers of a grid instant are kept this long: a look late by more than an interval measures a newer
+# instant, so an older answer is never asked for again.
+ANSWER_KEEP = 30.0
 EVENT_BACKLOG = 2000
 
 
@@ -67,7 +70,8 @@ class Context:
     # The Rollout as our last status write returned it: newer than the watch-fed index until the watch
     # catches up, so the next reconcile does not plan from (and 409 on) a body older than its own write.
     written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
-    _answers: dict[str, dict[str, tuple[float, Answer]]] = field(default_factory=dict)
+    # url -> (query key, the instant it is of or None) -> (fetched at, monotonic; answer)
+    _answers: dict[str, dict[tuple[str, float | None], tuple[float, Answer]]] = field(default_factory=dict)
     _answer_locks: dict[str, threading.Lock] = field(default_factory=dict)
     # Events are posted off the reconcile's path: they are best effort, and under API-server load two
     # of them could double a reconcile's time and hold its Rollout's next look back.
@@ -94,23 +98,30 @@ class Context:
 
         self._event_pool.submit(post)
 
-    def answers(self, url: str, queries: Mapping[str, Query]) -> dict[str, Answer]:
-        """Prometheus's answers, shared by batches that ask within ANSWER_TTL of each other: a grouped
-        query answers for every service at once, so batches measuring at the same moment (a grid
-        instant split into batches, or rollouts looked at late under load, one small batch each)
-        must not each ask it again. One fetch per URL at a time; the rest wait and reuse it."""
+    def answers(self, url: str, queries: Mapping[str, Query], at: datetime | None = None) -> dict[str, Answer]:
+        """Prometheus's answers at the grid instant `at`, shared by every batch that measures it: a
+        grouped query answers for every service at once, so the batches a grid instant is split into,
+        and rollouts looked at late under load, must not each ask it again. One fetch per URL at a
+        time; the rest wait and reuse it. Without an instant (tests, tools) answers live ANSWER_TTL."""
         lock = self._answer_locks.setdefault(url, threading.Lock())
         with lock:
             now = time.monotonic()
             cache = self._answers.setdefault(url, {})
-            missing = {k: q for k, q in queries.items() if k not in cache or now - cache[k][0] > ANSWER_TTL}
+            stamp = None if at is None else at.timestamp()
+
+            def fresh(key: str) -> bool:
+                hit = cache.get((key, stamp))
+                return hit is not None and now - hit[0] <= (ANSWER_TTL if stamp is None else ANSWER_KEEP)
+
+            missing = {k: q for k, q in queries.items() if not fresh(k)}
             if missing:
-                for key, answer in self.prometheus(url).run(missing).items():
-                    cache[key] = (now, answer)
+                for key, answer in self.prometheus(url).run(missing, at).items():
+                    cache[(key, stamp)] = (now, answer)
                 metrics.PROMETHEUS_QUERIES.inc(len(missing))
-            for key in [k for k, (t, _a) in cache.items() if now - t > ANSWER_TTL]:
-                del cache[key]  # keep only what is fresh (a query no rollout asks any more goes)
-            return {k: cache[k][1] for k in queries}
+            out = {k: cache[(k, stamp)][1] for k in queries}
+            for gone in [k for k, (t, _a) in cache.items() if now - t > ANSWER_KEEP]:
+                del cache[gone]  # instants passed, and queries no rollout asks any more
+            return out
 
     def prometheus(self, url: str) -> PrometheusClient:
         # One client per worker thread: the HTTP session underneath is not thread-safe.
@@ -149,11 +160,15 @@ def measurement_request(ctx: Context, snap: Snapshot, now: datetime) -> Measurem
 def fetch_samples(ctx: Context, requests: list[MeasurementRequest]) -> dict[tuple[str, str], Samples]:
     """Ask Prometheus once per distinct query for every request, and split the answers per rollout."""
     out: dict[tuple[str, str], Samples] = {}
-    for url, queries in measurement.queries(requests).items():
-        answers = ctx.answers(url, queries)
-        for req in requests:
-            if req.url == url:
-                out[req.key] = measurement.samples_for(req, answers)
+    by_instant: dict[datetime | None, list[MeasurementRequest]] = {}
+    for req in requests:
+        by_instant.setdefault(req.at, []).append(req)
+    for at, reqs in by_instant.items():
+        for url, queries in measurement.queries(reqs).items():
+            answers = ctx.answers(url, queries, at)
+            for req in reqs:
+                if req.url == url:
+                    out[req.key] = measurement.samples_for(req, answers)
     for req in requests:
         if req.url is None:
             out[req.key] = measurement.samples_for(req, {})

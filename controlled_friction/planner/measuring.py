@@ -1,7 +1,9 @@
 """When to measure, what to ask Prometheus, and how verdicts add up to a rollback, a hold or a pass.
 
 Analysis runs on a clock grid shared by every Rollout with the same interval (multiples of the
-interval since the epoch), so rollouts due together are measured together in one batch of queries.
+interval since the epoch), and each look measures at a grid instant (`look_instant`), even when it
+runs late or is a canary's first: every look of one instant asks Prometheus the same questions, and
+one answer serves them all.
 errorRatio and orderRateDrop are judged by sequential tests (`sequential_analysis`): a rejection
 rolls back at once. Threshold checks (maxBaselineDrop, custom queries) roll back after failureLimit
 fails in a row; Prometheus errors after errorLimit; a metric quiet for longer than the quiet limit
@@ -51,6 +53,21 @@ def next_analysis_at(last: datetime | None, interval: float, now: datetime) -> d
     return datetime.fromtimestamp(slot, tz=UTC)
 
 
+def grid_floor(now: datetime, interval: float) -> datetime:
+    """The latest grid instant at or before `now`."""
+    return datetime.fromtimestamp(math.floor(now.timestamp() / interval) * interval, tz=UTC)
+
+
+def look_instant(last: datetime | None, interval: float, now: datetime) -> datetime:
+    """The grid instant a look that is due now measures: its own (a hair ahead when woken early), or,
+    for a late or first look, the latest one passed; a look that is late by more than an interval
+    measures the present rather than catch up on every instant it missed."""
+    latest = grid_floor(now, interval)
+    if last is None:
+        return latest  # the canary has no traffic yet: any instant since it started is as good
+    return max(next_analysis_at(last, interval, now), latest)
+
+
 def _analysing(status: RolloutStatus) -> bool:
     plan = status.effective_plan
     # Also at weight 0 while the canary's pods start: that look records stable's counters, so the first
@@ -84,6 +101,12 @@ def watch_metrics(plan: EffectivePlan) -> list[MetricSpec]:
 
 def due_metrics(spec: RolloutSpec, status: RolloutStatus, now: datetime) -> list[MetricSpec]:
     """Metrics to measure now (empty when the canary gets no traffic or none is due yet)."""
+    due = _due(spec, status, now)
+    return due[0] if due is not None else []
+
+
+def _due(spec: RolloutSpec, status: RolloutStatus, now: datetime) -> tuple[list[MetricSpec], datetime] | None:
+    """Metrics to measure now and the grid instant to measure them at; None when nothing is due."""
     if watching(status, now):
         assert status.watch is not None and status.effective_plan is not None
         last = status.watch.analysis.last_run_at
@@ -93,11 +116,11 @@ def due_metrics(spec: RolloutSpec, status: RolloutStatus, now: datetime) -> list
         last = status.analysis.last_run_at
         metrics = list(status.effective_plan.metrics)
     else:
-        return []
-    due = next_analysis_at(last, analysis_interval(spec, status.effective_plan), now)
-    if (due - now).total_seconds() > EARLY:
-        return []
-    return metrics
+        return None
+    interval = analysis_interval(spec, status.effective_plan)
+    if (next_analysis_at(last, interval, now) - now).total_seconds() > EARLY or not metrics:
+        return None
+    return metrics, look_instant(last, interval, now)
 
 
 def query_context(namespace: str, name: str, spec: RolloutSpec, status: RolloutStatus) -> QueryContext:
@@ -133,9 +156,10 @@ def request_for(
     """What to ask Prometheus for this rollout now, or None (nothing due, or held by a policy)."""
     if policy_hold(invalid_policies, labels, namespace_labels):
         return None  # a held rollout is not analysed
-    due = due_metrics(spec, status, now)
-    if not due:
+    found = _due(spec, status, now)
+    if found is None:
         return None
+    due, at = found
     plan = status.effective_plan
     assert plan is not None
     url = resolve_url(
@@ -148,7 +172,7 @@ def request_for(
     baselines = tuple(m.name for m in due if m.kind == "orderRateDrop" and m.max_baseline_drop is not None
                       and m.name not in known)
     return MeasurementRequest((namespace, name), url, query_context(namespace, name, spec, status),
-                              tuple(due), baselines)
+                              tuple(due), baselines, at)
 
 
 def judge(metrics: list[MetricSpec], samples: Samples, state: AnalysisState, now: datetime) -> list[Judged]:
@@ -173,8 +197,9 @@ def judge(metrics: list[MetricSpec], samples: Samples, state: AnalysisState, now
 
 def record_measurements(state: AnalysisState, measurements: tuple[Measurement, ...], now: datetime,
                         baselines: dict[str, float | None] | None = None,
-                        judged: tuple[Judged, ...] = ()) -> AnalysisState:
-    """Fold this round's measurements into the per-metric counters (and keep each sequential test)."""
+                        judged: tuple[Judged, ...] = (), at: datetime | None = None) -> AnalysisState:
+    """Fold this round's measurements into the per-metric counters (and keep each sequential test).
+    `lastRunAt` becomes the instant measured (`at`, else now): the next look is the grid instant after it."""
     everything = (*measurements, *(j.measurement for j in judged))
     if not everything and not baselines:
         return state
@@ -212,7 +237,9 @@ def record_measurements(state: AnalysisState, measurements: tuple[Measurement, .
             cur.quiet_since = None
         cur.last = meas
         by_name[meas.metric] = cur
-    last = now if everything else state.last_run_at
+    last = (at or now) if everything else state.last_run_at
+    if last is not None and state.last_run_at is not None:
+        last = max(last, state.last_run_at)
     return AnalysisState(last_run_at=last, metrics=sorted(by_name.values(), key=lambda m: m.metric))
 
 
@@ -238,7 +265,7 @@ class Analysis(Base):
             baselines = dict(samples.baselines)
         before = {m.metric: m.last for m in self.st.analysis.metrics}
         self.st.analysis = record_measurements(self.st.analysis, tuple(measurements), self.now, baselines,
-                                               tuple(judged))
+                                               tuple(judged), samples.at if judged and samples else None)
         modes = {m.name: m.mode for m in plan.metrics}
         for ms in self.st.analysis.metrics:
             ms.mode = modes.get(ms.metric, "enforce")
@@ -262,7 +289,8 @@ class Analysis(Base):
                 and samples.context.canary_track == TRACK_STABLE):
             metrics = [m for m in watch_metrics(plan) if m.name in samples.values or m.name in samples.errors]
             judged = judge(metrics, samples, w.analysis, self.now)
-            w.analysis = record_measurements(w.analysis, (), self.now, dict(samples.baselines), tuple(judged))
+            w.analysis = record_measurements(w.analysis, (), self.now, dict(samples.baselines), tuple(judged),
+                                             samples.at)
         self.wake_at(next_analysis_at(w.analysis.last_run_at, analysis_interval(self.spec, plan), self.now))
         self.wake_at(w.until)
         for ms in w.analysis.metrics:
