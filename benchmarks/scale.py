@@ -78,6 +78,8 @@ COMPONENTS = ("kube-apiserver", "etcd", "kwok", "kube-controller-manager", "kube
 APISERVER_PREFIXES = ("apiserver_request_total", "apiserver_admission_webhook_admission_duration_seconds")
 PROMETHEUS_PREFIXES = ("prometheus_http_requests_total", "prometheus_engine_query_duration_seconds_count")
 RECONCILE = "controlled_friction_reconcile_duration_seconds"
+QUEUE = "controlled_friction_reconcile_queue_seconds"
+KUBE_REQUESTS = "controlled_friction_kube_request_duration_seconds"
 ADMISSION = "controlled_friction_admission_duration_seconds"
 # The issue's figures (one operator, 200 Rollouts, same plan): (value, rollouts, per-Rollout comparable).
 ISSUE_200 = {
@@ -282,7 +284,7 @@ class Phase:
 
     def _operator_metrics(self) -> Samples:
         out = probes.scrape(f"http://127.0.0.1:{self.bench.info.ports['operator_health']}/metrics",
-                            (RECONCILE, ADMISSION))
+                            (RECONCILE, ADMISSION, QUEUE, KUBE_REQUESTS))
         if self.bench.webhook_metrics_port is not None:  # admission in a process of its own
             out = {k: v for k, v in out.items() if not k[0].startswith(ADMISSION)}
             out.update(probes.scrape(f"http://127.0.0.1:{self.bench.webhook_metrics_port}/metrics", (ADMISSION,)))
@@ -365,6 +367,17 @@ class Phase:
             "p50_s": _r3(probes.histogram_quantile(0.5, rb)), "p99_s": _r3(probes.histogram_quantile(0.99, rb)),
             "beyond_largest_bucket": round(probes.histogram_beyond(rb), 4),
         }
+        # Waiting for a worker, and the operator's API requests as it saw them (the rest of a reconcile).
+        qb = probes.histogram_delta(op1, self.op0, QUEUE)
+        out["queue"] = {"n": int(qb[-1][1]) if qb else 0, "p50_s": _r3(probes.histogram_quantile(0.5, qb)),
+                        "p99_s": _r3(probes.histogram_quantile(0.99, qb))}
+        requests_: dict[str, Any] = {}
+        for verb, res in probes.delta(op1, self.op0, f"{KUBE_REQUESTS}_count", group_by=("verb", "resource")):
+            b = probes.histogram_delta(op1, self.op0, KUBE_REQUESTS, {"verb": verb, "resource": res})
+            if b and b[-1][1] > 0:
+                requests_[f"{verb} {res}"] = {"n": int(b[-1][1]), "p50_s": _r3(probes.histogram_quantile(0.5, b)),
+                                              "p99_s": _r3(probes.histogram_quantile(0.99, b))}
+        out["kube_requests"] = dict(sorted(requests_.items(), key=lambda kv: -kv[1]["n"]))
         # Prometheus queries (minus the benchmark's own).
         q = max(0.0, prom_query_count(prom1) - prom_query_count(self.prom0) - own)
         eq = max(0.0, engine_query_count(prom1) - engine_query_count(self.prom0) - own)
@@ -1058,6 +1071,10 @@ def figures(res: dict[str, Any]) -> dict[str, Any]:
         "wave_reconcile_p50_s": _get(res, "wave", "reconcile", "p50_s"),
         "wave_reconcile_p99_s": _get(res, "wave", "reconcile", "p99_s"),
         "wave_reconcile_beyond_10s_share": _get(res, "wave", "reconcile", "beyond_largest_bucket"),
+        "wave_queue_p50_s": _get(res, "wave", "queue", "p50_s"),
+        "wave_queue_p99_s": _get(res, "wave", "queue", "p99_s"),
+        "wave_status_write_p50_s": _get(res, "wave", "kube_requests", "patch rollouts/status", "p50_s"),
+        "wave_status_write_p99_s": _get(res, "wave", "kube_requests", "patch rollouts/status", "p99_s"),
         "wave_prometheus_queries_per_interval": _get(res, "wave", "prometheus_plateau", "queries_per_10s_interval"),
         "wave_canaries_in_analysis": _get(res, "wave", "prometheus_plateau", "canaries_in_analysis_avg"),
         "wave_patch_request_p99_ms": _get(res, "wave", "patches", "all_ms", "p99"),
@@ -1119,6 +1136,10 @@ LABELS = {
     "wave_operator_cpu_cores": "wave: operator CPU (cores)",
     "wave_operator_api_rps": "wave: operator API requests/s",
     "wave_reconcile_p50_s": "wave: reconcile p50 (s)",
+    "wave_queue_p50_s": "wave: waited for a worker p50 (s)",
+    "wave_queue_p99_s": "wave: waited for a worker p99 (s)",
+    "wave_status_write_p50_s": "wave: status write p50 (s, operator's view)",
+    "wave_status_write_p99_s": "wave: status write p99 (s, operator's view)",
     "wave_reconcile_p99_s": "wave: reconcile p99 (s; 10 = the largest bucket)",
     "wave_reconcile_beyond_10s_share": "wave: share of reconciles > 10 s",
     "wave_prometheus_queries_per_interval": "wave: Prometheus queries per 10 s interval",
@@ -1217,6 +1238,14 @@ def render_size(res: dict[str, Any], peer: dict[str, Any] | None) -> list[str]:
     if req:
         lines.append(f"  approvals: {req['n']} requests, by status {req['by_status']}; refused because: "
                      f"{'; '.join(f'{r} ({c})' for r, c in req['top_reasons']) or '-'}")
+    queue = _get(res, "wave", "queue")
+    if queue and queue.get("n"):
+        lines.append(f"  wave: a due Rollout waited for a worker p50/p99 {_fmt(queue['p50_s'])}/"
+                     f"{_fmt(queue['p99_s'])} s ({queue['n']} reconciles)")
+    kube_req = _get(res, "wave", "kube_requests") or {}
+    if kube_req:
+        lines.append("  wave: the operator's API requests as it timed them, p50/p99 s (n): " + ", ".join(
+            f"{k} {_fmt(v['p50_s'])}/{_fmt(v['p99_s'])} ({v['n']})" for k, v in list(kube_req.items())[:6]))
     parts = _get(res, "wave", "lag_operator_parts_s")
     if parts:
         lines.append("  wave: the operator's share of the lag by what it reacted to, p50/p95 s: "

@@ -216,3 +216,30 @@ def test_a_key_released_early_is_never_reconciled_twice_at_once():
         return most
 
     assert run(main()) == 1
+
+
+def test_a_handed_over_key_says_when_it_was_due_once():
+    """The queue-time histogram reads it: a bake end due at t and picked up late reports t, not the
+    moment it was picked up."""
+    async def main() -> list[float | None]:
+        clock = Clock()
+        seen: list[float | None] = []
+        s: Scheduler
+
+        async def process(keys, release=None):
+            seen.extend(s.due_since(k) for k in keys)
+            seen.append(s.due_since(keys[0]))  # asked twice: the second time it is gone
+            return {}
+
+        s = Scheduler(process, lambda: True, clock)
+        due = clock.t + 5
+        s.wake(("ns", "baking"), at=due)
+        task = asyncio.create_task(s.run())
+        await asyncio.sleep(0.1)
+        clock.t = due + 3  # picked up 3 s late
+        s.wake(("ns", "other"), at=clock.t + 60)  # nudges the loop to look again
+        await asyncio.sleep(0.3)
+        task.cancel()
+        return seen
+
+    assert run(main()) == [1005.0, None]

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -63,6 +64,35 @@ def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise
 
 
+def resource_of(url: str) -> str:
+    """`deployments`, `rollouts/status`, `events`... from a request URL (a small, fixed label set)."""
+    path = urllib3.util.parse_url(url).path or ""
+    parts = [p for p in path.split("/") if p]
+    if parts[:1] == ["api"]:
+        rest = parts[2:]  # /api/v1/...
+    elif parts[:1] == ["apis"]:
+        rest = parts[3:]  # /apis/group/version/...
+    else:
+        return "other"
+    if rest[:1] == ["namespaces"] and len(rest) >= 3:
+        rest = rest[2:]  # a namespaced resource; /namespaces[/name] alone is the namespaces resource
+    if not rest:
+        return "other"
+    return rest[0] + (f"/{rest[2]}" if len(rest) >= 3 else "")
+
+
+def _timed(request: Callable[..., Any], observe: Callable[[str, str, float], None]) -> Callable[..., Any]:
+    def timed(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return request(method, url, *args, **kwargs)
+        finally:
+            verb = method.lower() + ("-dryrun" if "dryRun=" in url else "")
+            observe(verb, resource_of(url), time.perf_counter() - start)
+
+    return timed
+
+
 def _status_message(exc: ApiException) -> str:
     """The API server's own explanation from a Status body (it names the offending fields)."""
     try:
@@ -106,11 +136,16 @@ def load_api_client(kubeconfig: str | None = None, context: str | None = None) -
 class Kube:
     """Typed façade over the API calls controlled-friction needs."""
 
-    def __init__(self, api: client.ApiClient | None = None, pool_size: int | None = None) -> None:
+    def __init__(self, api: client.ApiClient | None = None, pool_size: int | None = None,
+                 observe: Callable[[str, str, float], None] | None = None) -> None:
+        """`observe(verb, resource, seconds)` is told the time of every HTTP request (the operator's
+        request histogram); the CLI passes none."""
         self.api = api or load_api_client()
         if pool_size:  # one connection per worker thread, so reconciles never queue for a socket
             self.api.configuration.connection_pool_maxsize = pool_size
             self.api.rest_client = type(self.api.rest_client)(self.api.configuration)
+        if observe is not None:
+            self.api.rest_client.request = _timed(self.api.rest_client.request, observe)  # type: ignore[method-assign]
         self.api.user_agent = USER_AGENT
         self.custom = client.CustomObjectsApi(self.api)
         self.apps = client.AppsV1Api(self.api)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -65,7 +66,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         settings.watching.label_selectors[names.GROUP, names.ROLLOUT_PLURAL] = RUN.selector
     # Only the operator's own Deployments are watched (server-side selector), never the whole cluster's.
     settings.watching.label_selectors["apps", "deployments"] = names.LABEL_ROLLOUT
-    kube = Kube(pool_size=RUN.workers + 4)
+    kube = Kube(pool_size=RUN.workers + 4,
+                observe=lambda verb, resource, seconds: metrics.KUBE_REQUEST_SECONDS.labels(verb, resource).observe(
+                    seconds))
     ctx = Context(kube=kube, key=RUN.load_key(kube))
     pool = ThreadPoolExecutor(max_workers=RUN.workers, thread_name_prefix="reconcile")
     gate = PeeringGate(
@@ -219,12 +222,13 @@ async def _process(op: Operator, keys: list[Key], release: Release) -> dict[Key,
     each key to the scheduler as soon as its own reconcile is done."""
     loop = asyncio.get_running_loop()
     now = op.ctx.now()
+    due = {k: op.scheduler.due_since(k) for k in keys}
     snaps = {k: s for k in keys if (s := op.world.snapshot(k, op.ctx.written)) is not None}
     # Parsing specs and asking Prometheus happen off the event loop, which also serves the watches.
     samples = await loop.run_in_executor(op.pool, _measure_batch, op.ctx, list(snaps.values()), now)
 
     async def one(key: Key, snap: Snapshot) -> float | None:
-        at = await loop.run_in_executor(op.pool, _one, op, snap, samples.get(key))
+        at = await loop.run_in_executor(op.pool, _one, op, snap, samples.get(key), due.get(key))
         release(key, at)
         return at
 
@@ -237,7 +241,9 @@ def _measure_batch(ctx: Context, snaps: list[Snapshot], now: datetime) -> dict[K
     return fetch_samples(ctx, requests) if requests else {}
 
 
-def _one(op: Operator, snap: Snapshot, samples: Samples | None) -> float | None:
+def _one(op: Operator, snap: Snapshot, samples: Samples | None, due: float | None = None) -> float | None:
+    if due is not None:
+        metrics.QUEUE_SECONDS.observe(max(0.0, time.time() - due))
     meta = snap.body["metadata"]
     bound = log.bind(namespace=meta["namespace"], rollout=meta["name"])
     with metrics.RECONCILE_SECONDS.time():

@@ -26,6 +26,19 @@ RECONCILE_SECONDS = Histogram(
     "Time to reconcile one Rollout (observe, analyse, plan, write).",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+QUEUE_SECONDS = Histogram(
+    "controlled_friction_reconcile_queue_seconds",
+    "Time a Rollout waited for a worker: from the instant it was due (something it reads changed, or "
+    "the instant the planner asked for) to the start of its reconcile.",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+KUBE_REQUEST_SECONDS = Histogram(
+    "controlled_friction_kube_request_duration_seconds",
+    "The operator's requests to the Kubernetes API as the operator sees them (connection, API server "
+    "queueing and work), by verb and resource.",
+    ["verb", "resource"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 RECONCILE_ERRORS = Counter(
     "controlled_friction_reconcile_errors_total", "Reconciles that failed and will be retried.", ["kind"]
 )

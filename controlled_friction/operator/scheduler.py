@@ -31,6 +31,7 @@ class Scheduler:
         self._heap: list[tuple[float, Key]] = []
         self._busy: set[Key] = set()
         self._dirty: set[Key] = set()
+        self._since: dict[Key, float] = {}  # keys handed over -> the instant they were due
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -56,6 +57,7 @@ class Scheduler:
     def forget(self, key: Key) -> None:
         self._due.pop(key, None)
         self._dirty.discard(key)
+        self._since.pop(key, None)
 
     def pending(self) -> int:
         return len(self._due)
@@ -92,7 +94,12 @@ class Scheduler:
                 self._dirty.add(key)
                 continue
             ready.append(key)
+            self._since[key] = when
         return ready
+
+    def due_since(self, key: Key) -> float | None:
+        """The instant a key just handed over was due (once; for the queue-time histogram)."""
+        return self._since.pop(key, None)
 
     def _next_delay(self, now: float) -> float:
         while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
