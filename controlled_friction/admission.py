@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from controlled_friction import change_record, deletion, names
+from controlled_friction import approvers, change_record, deletion, names
 from controlled_friction.analysis import query_problems
 from controlled_friction.errors import readable_errors
 from controlled_friction.models.approval import (
@@ -38,7 +38,7 @@ from controlled_friction.models.approval import (
     verify_author,
 )
 from controlled_friction.models.policy import FrictionPolicySpec, FrictionRules, NamedPolicy
-from controlled_friction.models.rollout import RolloutSpec
+from controlled_friction.models.rollout import ApprovalStep, RolloutSpec
 from controlled_friction.revision import revision_of
 from controlled_friction.validation import name_problems, spec_problems
 
@@ -593,23 +593,23 @@ def _approval_rule_problems(
                 UNPROCESSABLE,
             )
         )
-    if ann.get(names.ANN_AUTHOR) == who:
-        problems.append(
-            Problem(
-                f"{who!r} cannot approve revision {rev} of {rollout}: they are its author (they last changed "
-                "spec.template); under the two-person rule someone else must approve"
+    if who in approvers.barred_approvers(ann):  # the planner never counts them either; say which bar applies
+        if who == approvers.author(ann):
+            problems.append(
+                Problem(
+                    f"{who!r} cannot approve revision {rev} of {rollout}: they are its author (they last changed "
+                    "spec.template); under the two-person rule someone else must approve"
+                )
             )
-        )
-    change_author = (ann.get(names.ANN_CHANGE_AUTHOR) or "").strip()
-    if change_author and change_author == who:
-        problems.append(
-            Problem(
-                f"{who!r} cannot approve revision {rev} of {rollout}: CI names them as the author of the change "
-                f"({names.ANN_CHANGE_AUTHOR}); under the two-person rule someone else must approve"
+        if who == approvers.change_author(ann):
+            problems.append(
+                Problem(
+                    f"{who!r} cannot approve revision {rev} of {rollout}: CI names them as the author of the "
+                    f"change ({names.ANN_CHANGE_AUTHOR}); under the two-person rule someone else must approve"
+                )
             )
-        )
     groups, sources = approver_groups(req.new or {}, policies, namespace_labels)
-    if not set(req.groups) & set(groups):
+    if not approvers.in_required_groups(req.groups, groups):
         problems.append(
             Problem(
                 f"{who!r} may not approve {rollout}: approvals must come from a member of "
@@ -633,8 +633,10 @@ def approver_groups(
     """Groups allowed to approve this rollout, and where that rule comes from.
 
     The union of the approver groups of every matching policy that requires approvals (plus its
-    `aiAssisted` rules when the rollout is marked AI-assisted) and of the rollout's own approval steps;
-    `senior-engineers` when none names any.
+    `aiAssisted` rules when the rollout is marked AI-assisted) and of the rollout's own approval steps
+    that ask for approvals; `approvers.DEFAULT_GROUPS` when none names any. The effective plan gives a
+    Rollout approval step that names no groups these groups, so the planner counts exactly whom this
+    admits.
     """
     labels = dict(_meta(rollout).get("labels") or {})
     ai = str(_annotations(rollout).get(names.ANN_AI_ASSISTED, "")).strip().lower() == "true"
@@ -656,20 +658,26 @@ def approver_groups(
         groups.update(own)
         sources.append("the rollout's own approval step")
     if not groups:
-        return [names.SENIOR_GROUP], ["the default when no policy names approver groups"]
-    return sorted(groups), sources
+        sources = ["the default when no policy names approver groups"]
+    return approvers.required_groups(groups), sources
 
 
 def _own_approver_groups(rollout: Mapping[str, Any]) -> set[str]:
-    """Groups named by the rollout's own approval steps: the planner counts them at that gate, so they
-    must be able to approve. They never weaken a policy's gate, which counts only its own groups."""
+    """Groups named by the rollout's own approval steps that ask for approvals (count > 0): the planner
+    counts them at that gate, so they must be able to approve. A step with count 0 asks nothing, and
+    its groups count nowhere. They never weaken a policy's gate, which counts only its own groups."""
     steps = (((rollout.get("spec") or {}).get("strategy") or {}).get("canary") or {}).get("steps") or []
     out: set[str] = set()
     for step in steps if isinstance(steps, list) else []:
-        approval = step.get("approval") if isinstance(step, Mapping) else None
-        groups = approval.get("approverGroups") if isinstance(approval, Mapping) else None
-        if isinstance(groups, list):
-            out.update(g for g in groups if isinstance(g, str) and g)
+        raw = step.get("approval") if isinstance(step, Mapping) else None
+        if raw is None:
+            continue
+        try:  # read as the planner reads it
+            approval = ApprovalStep.model_validate(raw)
+        except ValidationError:  # the spec check refuses it; it names no one here
+            continue
+        if approval.count > 0:
+            out.update(g for g in approval.approver_groups if g)
     return out
 
 

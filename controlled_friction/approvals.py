@@ -1,11 +1,14 @@
 """Which approvals count: verified, of this revision and rollout, fresh, distinct, not the author's,
-from the required groups. Pure; the planner counts with it at every gate."""
+from the required groups (who may approve is `approvers`, shared with the admission webhook). Pure;
+the planner counts with it at every gate."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from controlled_friction.approvers import barred_approvers, in_required_groups, required_groups
 from controlled_friction.decisions import ApprovalObs
 from controlled_friction.models.approval import ApprovalEntry
 from controlled_friction.models.rollout import CountedApproval, PlannedApproval
@@ -29,11 +32,13 @@ def count_approvals(
     *,
     rollout_key: str,
     revision: str,
-    barred: set[str],
+    annotations: Mapping[str, str],
     expiry_seconds: float | None,
     now: datetime,
 ) -> ApprovalCount:
-    """Verified, unexpired, distinct, non-author approvals of this revision, checked per requirement."""
+    """Verified, unexpired, distinct approvals of this revision, checked per requirement; never those
+    of the author or change author the Rollout's `annotations` name (`approvers.barred_approvers`)."""
+    barred = barred_approvers(annotations)
     valid: dict[str, ApprovalEntry] = {}
     for obs in approvals:
         e = obs.entry
@@ -45,17 +50,17 @@ def count_approvals(
             continue
         if e.user not in valid or e.time < valid[e.user].time:
             valid[e.user] = e
-    # Counted: approvals that satisfy at least one requirement (all verified ones when none has groups).
+    # Counted: approvals that satisfy at least one requirement (all valid ones when there is none).
     eligible = {
         u: e for u, e in valid.items()
-        if not requirements or any(not r.groups or set(r.groups) & set(e.groups) for r in requirements)
+        if not requirements or any(in_required_groups(e.groups, r.groups) for r in requirements)
     }
     counted = [CountedApproval(user=u, time=e.time) for u, e in sorted(eligible.items())]
     missing = []
     for req in requirements:
-        ok = [u for u, e in valid.items() if not req.groups or set(req.groups) & set(e.groups)]
+        ok = [u for u, e in valid.items() if in_required_groups(e.groups, req.groups)]
         if len(ok) < req.count:
-            groups = ", ".join(req.groups) or "any group"
+            groups = ", ".join(required_groups(req.groups))
             missing.append(f"{req.count - len(ok)} more from {groups} (required by {req.source})")
     need = max((r.count for r in requirements), default=0)
     summary = f"{len(counted)}/{need}" if need else "-"

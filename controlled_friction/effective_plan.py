@@ -23,8 +23,10 @@ How policies make a plan stricter (never looser):
      independently of the others, at one gate after the first positive setWeight and before the next
      setWeight (or before promotion). The Rollout's own first approval step in that segment becomes the
      gate (even with count 0); otherwise a gate is inserted at the end of the segment. A Rollout
-     approval step with count > 0 adds its own requirement (source `rollout`). The approval expiry is
-     the shortest of the rules'.
+     approval step with count > 0 adds its own requirement (source `rollout`); naming no groups, it
+     requires the groups the admission webhook lets approve this Rollout (every approval rule's and
+     asking approval step's groups, or `approvers.DEFAULT_GROUPS` when none names any), never anyone.
+     The approval expiry is the shortest of the rules'.
   4. `minBake` (the largest wins): after every setWeight above 0, before the next setWeight, approval
      step or promotion, there must be a timed pause of at least minBake. The longest timed pause there
      is lengthened if short; with none (untimed pauses wait for a human and never count as bake), a
@@ -48,6 +50,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import pairwise
 
+from controlled_friction.approvers import required_groups
 from controlled_friction.models.policy import FrictionRules, NamedPolicy
 from controlled_friction.models.rollout import (
     AddedBy,
@@ -128,7 +131,8 @@ def compute_effective_plan(spec: RolloutSpec, policies: list[NamedPolicy], ai_as
     """The Rollout's plan made stricter by `policies` (the matching ones); see the module docstring."""
     ordered = sorted(policies, key=lambda p: p.name)
     sources = _sources(ordered, ai_assisted)
-    steps = [_translate(step) for step in spec.strategy.canary.steps]
+    approvers = _rollout_approvers(spec, sources)
+    steps = [_translate(step, approvers) for step in spec.strategy.canary.steps]
     steps = _apply_max_first_weight(steps, sources)
     steps = _apply_min_steps(steps, sources)
     steps, expiry = _apply_approvals(steps, sources)
@@ -161,7 +165,17 @@ def _sources(policies: list[NamedPolicy], ai_assisted: bool) -> list[_Source]:
     return out
 
 
-def _translate(step: Step) -> PlannedStep:
+def _rollout_approvers(spec: RolloutSpec, sources: list[_Source]) -> list[str]:
+    """Whom the admission webhook lets approve this Rollout (`admission.approver_groups`): the groups of
+    every approval rule and of every own approval step that asks for approvals, or the default when
+    none names any."""
+    named = [g for s in sources if s.rules.approvals is not None for g in s.rules.approvals.approver_groups]
+    own = [step.approval for step in spec.strategy.canary.steps if step.approval and step.approval.count > 0]
+    named += [g for a in own for g in a.approver_groups]
+    return required_groups(named)
+
+
+def _translate(step: Step, rollout_approvers: list[str]) -> PlannedStep:
     if step.set_weight is not None:
         return PlannedStep(kind="setWeight", set_weight=step.set_weight)
     if step.pause is not None:
@@ -169,7 +183,8 @@ def _translate(step: Step) -> PlannedStep:
     if step.approval is not None:
         # Count 0 stays for now as a place a policy gate may attach to; dropped later if still empty.
         own = step.approval
-        reqs = [PlannedApproval(count=own.count, groups=list(own.approver_groups), source=ROLLOUT_SOURCE)]
+        groups = [g for g in own.approver_groups if g] or list(rollout_approvers)
+        reqs = [PlannedApproval(count=own.count, groups=groups, source=ROLLOUT_SOURCE)]
         return PlannedStep(kind="approval", approvals=reqs if own.count > 0 else [])
     assert step.analysis is not None
     return PlannedStep(kind="analysis", metrics=list(step.analysis.metrics), analysis_seconds=step.analysis.duration)

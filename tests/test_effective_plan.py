@@ -25,7 +25,7 @@ from controlled_friction.models.rollout import (
     PlannedStep,
     RolloutSpec,
 )
-from controlled_friction.names import ANN_AI_ASSISTED, LABEL_TIER
+from controlled_friction.names import ANN_AI_ASSISTED, LABEL_TIER, SENIOR_GROUP
 
 CRITICAL = {LABEL_TIER: "critical"}
 
@@ -561,8 +561,9 @@ own_metrics = st.lists(st.sampled_from(METRIC_POOL), max_size=3).map(
 PROPS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def own_plan(spec: RolloutSpec) -> list[PlannedStep]:
-    """The Rollout's own plan, written out independently of the module under test."""
+def own_plan(spec: RolloutSpec, unnamed: list[str] | None = None) -> list[PlannedStep]:
+    """The Rollout's own plan, written out independently of the module under test; an approval step
+    naming no groups requires `unnamed` (left empty when None)."""
     out = []
     for s in spec.strategy.canary.steps:
         if s.set_weight is not None:
@@ -570,7 +571,8 @@ def own_plan(spec: RolloutSpec) -> list[PlannedStep]:
         elif s.pause is not None:
             out.append(PlannedStep(kind="pause", pause_seconds=s.pause.duration))
         elif s.approval is not None and s.approval.count > 0:
-            req = PlannedApproval(count=s.approval.count, groups=s.approval.approver_groups, source="rollout")
+            groups = s.approval.approver_groups or (unnamed or [])
+            req = PlannedApproval(count=s.approval.count, groups=groups, source="rollout")
             out.append(PlannedStep(kind="approval", approvals=[req]))
         elif s.analysis is not None:
             out.append(PlannedStep(kind="analysis", metrics=s.analysis.metrics, analysis_seconds=s.analysis.duration))
@@ -597,7 +599,12 @@ def at_least_as_strict(eff: PlannedStep, own: PlannedStep) -> bool:
             return eff.pause_seconds is None
         return eff.pause_seconds is not None and eff.pause_seconds >= own.pause_seconds
     if own.kind == "approval":
-        return all(r in eff.approvals for r in own.approvals)
+        # Kept as its own requirement; naming no groups it gets some (never "anyone"), see test_approvers.
+        return all(
+            any(e.count == r.count and e.source == r.source and (set(e.groups) == set(r.groups) or not r.groups)
+                and e.groups for e in eff.approvals)
+            for r in own.approvals
+        )
     return (
         eff.analysis_seconds == own.analysis_seconds
         and set(own.metrics) <= set(eff.metrics)
@@ -713,7 +720,10 @@ def test_unmatched_plan_equals_rollouts_own_plan(steps, metrics, policies, ai) -
     labels = {"app": "shop", LABEL_TIER: "standard"}
     assert matching_policies(policies, labels, {"kubernetes.io/metadata.name": "shop"}) == []
     plan = compute_effective_plan(spec, matching_policies(policies, labels, {}), ai)
-    assert plan.steps == own_plan(spec)
+    # With no policy, an approval step naming no groups takes the other steps' groups, or the default.
+    named = sorted({g for s in spec.strategy.canary.steps if s.approval and s.approval.count
+                    for g in s.approval.approver_groups})
+    assert plan.steps == own_plan(spec, named or [SENIOR_GROUP])
     assert plan.metrics == spec.analysis.metrics
     assert plan.analysis_interval_seconds == spec.analysis.interval
     assert plan.approval_expiry_seconds is None

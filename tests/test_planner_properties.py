@@ -105,7 +105,7 @@ def test_planner_keeps_its_promises(steps, pols, evs, with_metric):
                         d_inputs_approvals(w),
                         rollout_key="shop/checkout",
                         revision=w.revision,
-                        barred={"carol"},
+                        annotations={names.ANN_AUTHOR: "carol"},
                         expiry_seconds=plan.approval_expiry_seconds,
                         now=w.now,
                     )

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from controlled_friction import errors, names
+from controlled_friction.approvers import required_groups
 from controlled_friction.durations import format_duration
 from controlled_friction.models.rollout import (
     EffectivePlan,
@@ -155,7 +156,7 @@ def step_summary(step: PlannedStep) -> str:
         if not step.approvals:
             return "approval gate"
         return " and ".join(
-            f"{a.count} approval{'s' if a.count != 1 else ''} from {', '.join(a.groups) or 'any group'} "
+            f"{a.count} approval{'s' if a.count != 1 else ''} from {', '.join(required_groups(a.groups))} "
             f"(required by {a.source})"
             for a in step.approvals
         )
@@ -273,7 +274,7 @@ def approvals_info(st: RolloutStatus, now: datetime) -> dict[str, Any]:
         ],
         "atGate": gate is not None,
         "needs": step_summary(gate) if gate is not None else None,
-        "groups": sorted({g for a in gate.approvals for g in a.groups}) if gate is not None else [],
+        "groups": sorted({g for a in gate.approvals for g in required_groups(a.groups)}) if gate is not None else [],
         "more": more,
     }
 

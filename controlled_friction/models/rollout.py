@@ -35,7 +35,8 @@ class ApprovalStep(SpecModel):
     )
     approver_groups: list[str] = Field(
         default_factory=list,
-        description="Groups whose members may approve. Empty: the policy's groups (or any group).",
+        description="Groups whose members may approve. Empty: every group a matching policy's approval "
+        "rule or another approval step names, or senior-engineers when none names any (never anyone).",
     )
 
 
@@ -334,7 +335,8 @@ class AddedBy(StatusModel):
 class PlannedApproval(StatusModel):
     count: int = Field(description="Distinct verified approvals this requirement needs.")
     groups: list[str] = Field(
-        default_factory=list, description="Groups whose members may approve; empty means any group."
+        default_factory=list,
+        description="Groups whose members may approve; empty means senior-engineers (never anyone).",
     )
     source: str = Field(default="rollout", description="`rollout` or the policy name.")
 

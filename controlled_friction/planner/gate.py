@@ -42,18 +42,16 @@ class Gate(Base):
     def count(self, step: PlannedStep) -> ApprovalCount:
         plan = self.st.effective_plan
         assert plan is not None
-        ann = self.inp.annotations
         if not self.obs.author_verified:
             need = max((r.count for r in step.approvals), default=0)
             why = UNVERIFIED_AUTHOR.format(revision=self.revision)
             return ApprovalCount([], False, f"0/{need}", f"a verified author before any approval counts: {why}")
-        barred = {u for u in (ann.get(names.ANN_AUTHOR), ann.get(names.ANN_CHANGE_AUTHOR)) if u}
         result = count_approvals(
             step.approvals,
             self.obs.approvals,
             rollout_key=f"{self.inp.namespace}/{self.inp.name}",
             revision=self.revision,
-            barred=barred,
+            annotations=self.inp.annotations,
             expiry_seconds=plan.approval_expiry_seconds,
             now=self.now,
         )
