@@ -4,7 +4,6 @@ Rollouts are due; each rollout's cumulative counters are picked out of the share
 from __future__ import annotations
 
 from dataclasses import replace
-
 from datetime import UTC, datetime
 
 from controlled_friction import measurement
