@@ -161,6 +161,9 @@ class Decision:
     rollback: RollbackReason | None = None
     # Owned Deployments whose template was edited behind the operator's back and is being restored.
     drift: tuple[Track, ...] = ()
+    # True when `next_look` is only a routine look (the analysis grid, the resync), not a deadline: the
+    # shell runs changes and deadlines first when it cannot run everything at once.
+    next_look_routine: bool = False
 
     def events(self) -> list[RecordEvent]:
         return [a for a in self.actions if isinstance(a, RecordEvent)]

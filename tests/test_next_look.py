@@ -63,3 +63,16 @@ def test_a_gate_wakes_when_a_counted_approval_expires():
     d = w.tick(advance=1)
     assert d.status.phase == "AwaitingApproval"
     assert d.next_look == given + timedelta(seconds=30)
+
+
+def test_analysis_looks_are_routine_and_a_bake_end_is_a_deadline():
+    """The shell runs changes and deadlines before routine looks when it cannot run everything."""
+    w = deployed([{"setWeight": 20}, {"pause": {"duration": "10m"}}], metrics=[ERRORS], interval="10s")
+    w.tick()
+    w.tick()
+    d = w.tick(passing("errors"), advance=3.3)
+    assert d.next_look is not None and d.next_look.timestamp() % 10 == 0 and d.next_look_routine
+    b = deployed([{"setWeight": 20}, {"pause": {"duration": "30s"}}, {"setWeight": 50}])
+    b.tick()
+    d = b.tick()
+    assert d.next_look == d.status.step_started_at + timedelta(seconds=30) and not d.next_look_routine

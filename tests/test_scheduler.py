@@ -243,3 +243,78 @@ def test_a_handed_over_key_says_when_it_was_due_once():
         return seen
 
     assert run(main()) == [1005.0, None]
+
+
+def test_with_a_capacity_changes_go_first_then_deadlines_then_routine_looks():
+    """A ready canary or a template change is not queued behind the analysis grid's looks."""
+    async def main() -> list[str]:
+        clock = Clock()
+        order: list[str] = []
+
+        async def process(keys, release=None):
+            order.extend(k[1] for k in keys)
+            await asyncio.sleep(0.01)
+            return {}
+
+        s = Scheduler(process, lambda: True, clock, capacity=1)
+        s.wake(("ns", "look-1"), at=clock.t - 2, routine=True)  # due first, but only routine
+        s.wake(("ns", "bake-end"), at=clock.t - 1)
+        s.wake(("ns", "look-2"), at=clock.t - 3, routine=True)
+        s.wake(("ns", "canary-ready"))
+        task = asyncio.create_task(s.run())
+        await asyncio.sleep(0.6)
+        task.cancel()
+        return order
+
+    assert run(main()) == ["canary-ready", "bake-end", "look-2", "look-1"]
+
+
+def test_no_more_keys_run_at_once_than_the_capacity():
+    async def main() -> tuple[int, int]:
+        running = peak = done = 0
+
+        async def process(keys, release=None):
+            nonlocal running, peak, done
+            running += len(keys)
+            peak = max(peak, running)
+            await asyncio.sleep(0.05)
+            running -= len(keys)
+            done += len(keys)
+            return {}
+
+        s = Scheduler(process, lambda: True, capacity=3)
+        task = asyncio.create_task(s.run())
+        s.wake_all([("ns", f"r{i}") for i in range(10)])
+        await asyncio.sleep(1.0)
+        task.cancel()
+        return peak, done
+
+    assert run(main()) == (3, 10)
+
+
+def test_a_change_to_a_key_waiting_for_a_routine_look_makes_it_urgent():
+    async def main() -> list[str]:
+        clock = Clock()
+        order: list[str] = []
+        gate = asyncio.Event()
+
+        async def process(keys, release=None):
+            order.extend(k[1] for k in keys)
+            if keys == [("ns", "busy")]:
+                await gate.wait()
+            return {}
+
+        s = Scheduler(process, lambda: True, clock, capacity=1)
+        s.wake(("ns", "busy"))
+        task = asyncio.create_task(s.run())
+        await asyncio.sleep(0.1)  # "busy" holds the only worker
+        s.wake(("ns", "look"), at=clock.t - 5, routine=True)
+        s.wake(("ns", "bake-end"), at=clock.t - 1)
+        await asyncio.sleep(0.1)  # both wait now
+        s.wake(("ns", "look"))  # ... and then the look's Rollout changes
+        gate.set()
+        await asyncio.sleep(0.4)
+        task.cancel()
+        return order
+
+    assert run(main()) == ["busy", "look", "bake-end"]

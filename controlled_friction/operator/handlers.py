@@ -27,7 +27,7 @@ from controlled_friction.measurement import Samples
 from controlled_friction.operator import indexes, login, metrics
 from controlled_friction.operator.peering import PeeringGate
 from controlled_friction.operator.reconcile import Context, fetch_samples, measurement_request, reconcile
-from controlled_friction.operator.scheduler import Key, Release, Scheduler
+from controlled_friction.operator.scheduler import Key, Look, Next, Release, Scheduler
 from controlled_friction.operator.settings import RUN
 from controlled_friction.operator.world import Snapshot, World
 from controlled_friction.workloads import observe_deployment
@@ -75,7 +75,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         (lambda: kube.peering_status(settings.peering.name)) if RUN.peering else None, RUN.identity, RUN.priority
     )
     world = World(kwargs)
-    scheduler = Scheduler(lambda keys, release: _process(op, keys, release), gate.active)
+    # At most one key per worker is handed over: the rest wait in the scheduler, most urgent first.
+    scheduler = Scheduler(lambda keys, release: _process(op, keys, release), gate.active, capacity=RUN.workers)
     op = Operator(kube, ctx, world, scheduler, gate, pool)
     # Becoming the active replica: everything may have moved while we stood by.
     loop = asyncio.get_running_loop()
@@ -217,7 +218,7 @@ async def policy_changed(type: str, name: str, spec: kopf.Spec, status: kopf.Sta
 # ---------------------------------------------------------------- the work
 
 
-async def _process(op: Operator, keys: list[Key], release: Release) -> dict[Key, float | None]:
+async def _process(op: Operator, keys: list[Key], release: Release) -> dict[Key, Look]:
     """Measure every due rollout of the batch together, then reconcile each in the pool, releasing
     each key to the scheduler as soon as its own reconcile is done."""
     loop = asyncio.get_running_loop()
@@ -227,7 +228,7 @@ async def _process(op: Operator, keys: list[Key], release: Release) -> dict[Key,
     # Parsing specs and asking Prometheus happen off the event loop, which also serves the watches.
     samples = await loop.run_in_executor(op.pool, _measure_batch, op.ctx, list(snaps.values()), now)
 
-    async def one(key: Key, snap: Snapshot) -> float | None:
+    async def one(key: Key, snap: Snapshot) -> Look:
         at = await loop.run_in_executor(op.pool, _one, op, snap, samples.get(key), due.get(key))
         release(key, at)
         return at
@@ -241,7 +242,7 @@ def _measure_batch(ctx: Context, snaps: list[Snapshot], now: datetime) -> dict[K
     return fetch_samples(ctx, requests) if requests else {}
 
 
-def _one(op: Operator, snap: Snapshot, samples: Samples | None, due: float | None = None) -> float | None:
+def _one(op: Operator, snap: Snapshot, samples: Samples | None, due: float | None = None) -> Look:
     if due is not None:
         metrics.QUEUE_SECONDS.observe(max(0.0, time.time() - due))
     meta = snap.body["metadata"]
@@ -262,4 +263,6 @@ def _one(op: Operator, snap: Snapshot, samples: Samples | None, due: float | Non
     bound.bind(revision=st.canary_revision or st.stable_revision).debug(
         "reconciled", phase=st.phase, step=st.current_step_index, weight=st.canary_weight
     )
-    return decision.next_look.timestamp() if decision.next_look else None
+    if decision.next_look is None:
+        return None
+    return Next(decision.next_look.timestamp(), decision.next_look_routine)

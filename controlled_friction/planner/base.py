@@ -45,7 +45,7 @@ class Base:
         self.st = inp.status.model_copy(deep=True)
         self.before_phase: Phase = inp.status.phase
         self.actions: list[Action] = []
-        self.wakes: list[datetime] = []
+        self.wakes: list[tuple[datetime, bool]] = []  # (instant, routine)
         self.rollback_reason: RollbackReason | None = None
         self.drifted: list[Track] = []
         self.revision = revision_of(inp.spec.template)
@@ -60,10 +60,11 @@ class Base:
         self.st.phase = phase
         self.st.message = message
 
-    def wake_at(self, when: datetime | None) -> None:
-        """Ask to be looked at again at `when` even if nothing changes by then."""
+    def wake_at(self, when: datetime | None, routine: bool = False) -> None:
+        """Ask to be looked at again at `when` even if nothing changes by then; `routine` for the
+        analysis grid, which may run late under load, as opposed to a deadline (a bake's end)."""
         if when is not None:
-            self.wakes.append(when)
+            self.wakes.append((when, routine))
 
     def _take_action(self) -> str | None:
         raw = self.inp.annotations.get(names.ANN_ACTION)
@@ -110,16 +111,22 @@ class Base:
             )
             self.event(kind, self.st.phase, self.st.message)
         set_conditions(self.st, self.now)
-        return Decision(self.st, tuple(self.actions), self._next_look(), self.rollback_reason, tuple(self.drifted))
+        nxt = self._next_look()
+        return Decision(self.st, tuple(self.actions), nxt[0] if nxt else None, self.rollback_reason,
+                        tuple(self.drifted), next_look_routine=nxt[1] if nxt else False)
 
-    def _next_look(self) -> datetime | None:
-        wakes = [w for w in self.wakes if w > self.now]
+    def _next_look(self) -> tuple[datetime, bool] | None:
+        """The earliest instant asked for, and whether only routine wake-ups asked for it."""
+        wakes = [w for w in self.wakes if w[0] > self.now]
         if self.st.phase not in SETTLED:
-            wakes.append(self.now + RESYNC)
+            wakes.append((self.now + RESYNC, True))
         elif any(not isinstance(a, RecordEvent) for a in self.actions):
             # Workload writes of a settling rollout: look once more soon, in case an event is lost.
-            wakes.append(self.now + RESYNC)
-        return min(wakes) if wakes else None
+            wakes.append((self.now + RESYNC, True))
+        if not wakes:
+            return None
+        first = min(w[0] for w in wakes)
+        return first, all(routine for when, routine in wakes if when == first)
 
     def traffic_status(self) -> None:
         """Fill the traffic fields of the status (see `traffic.Traffic`)."""

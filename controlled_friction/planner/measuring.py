@@ -278,7 +278,7 @@ class Analysis(Base):
                            f"observe-only metric {ms.metric} would have failed (no action taken): {last.message}")
         if _analysing(self.st):
             interval = analysis_interval(self.spec, plan)
-            self.wake_at(next_analysis_at(self.st.analysis.last_run_at, interval, self.now))
+            self.wake_at(next_analysis_at(self.st.analysis.last_run_at, interval, self.now), routine=True)
 
     def fold_watch(self) -> str | None:
         """Judge the promoted revision during its post-promotion watch; why it failed, or None."""
@@ -291,7 +291,8 @@ class Analysis(Base):
             judged = judge(metrics, samples, w.analysis, self.now)
             w.analysis = record_measurements(w.analysis, (), self.now, dict(samples.baselines), tuple(judged),
                                              samples.at)
-        self.wake_at(next_analysis_at(w.analysis.last_run_at, analysis_interval(self.spec, plan), self.now))
+        self.wake_at(next_analysis_at(w.analysis.last_run_at, analysis_interval(self.spec, plan), self.now),
+                     routine=True)
         self.wake_at(w.until)
         for ms in w.analysis.metrics:
             last = ms.last

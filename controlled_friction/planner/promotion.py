@@ -77,7 +77,7 @@ class Promotion(Steps):
         until = self.now + timedelta(seconds=seconds)
         st.watch = PostPromotionWatch(revision=self.revision, since=self.now, until=until,
                                       analysis=AnalysisState(metrics=kept))
-        self.wake_at(self.now + timedelta(seconds=analysis_interval(self.spec, plan)))
+        self.wake_at(self.now + timedelta(seconds=analysis_interval(self.spec, plan)), routine=True)
 
     def watch(self) -> Decision | None:
         """During a post-promotion watch: roll stable back to the previous revision on failure."""
