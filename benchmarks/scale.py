@@ -7,8 +7,8 @@
 
 Against the real sandbox (`cluster.up()`), with the operator from this tree as separate processes
 (`OperatorProcess`, its ServiceAccount identity, the webhooks on 127.0.0.1): the controller, and
-admission in a process of its own (`--webhooks separate`, the default, as the chart's
-`webhook.separateDeployment` runs it) or in the controller's (`--webhooks same`).
+admission in a process of its own (`--webhooks separate`, the default, as the chart runs it by
+default with `webhook.separateDeployment`) or in the controller's (`--webhooks same`).
 For each N it creates N plain Rollouts over ~10 namespaces — 2 replicas, steps `setWeight: 50` then
 `pause: 30s`, one `errorRatio` metric (maxRatio 0.05) every 10 s — and measures:
 

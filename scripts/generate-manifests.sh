@@ -51,7 +51,7 @@ render() {
 {
   echo "$header"
   echo "# Needs crds.yaml applied first, and the Secret controlled-friction-webhook-tls"
-  echo "# (scripts/create-webhook-secret.sh) for the operator pods to start."
+  echo "# (scripts/create-webhook-secret.sh) for the webhook pods to start."
   echo "---"
   cat <<YAML
 apiVersion: v1

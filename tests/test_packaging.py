@@ -28,6 +28,9 @@ CHART = ROOT / "charts" / "controlled-friction"
 RELEASE = "controlled-friction"
 NAMESPACE = "controlled-friction"
 Obj = dict[str, Any]
+CONTROLLER = "controlled-friction"  # the operator Deployment: reconciles (component operator)
+WEBHOOKS = "controlled-friction-webhooks"  # admission only (component webhooks), on by default
+SINGLE = "webhook.separateDeployment.enabled=false"  # one Deployment does both
 
 
 @pytest.fixture(scope="session")
@@ -86,8 +89,8 @@ def test_template_renders_every_object_with_defaults(helm: Path) -> None:
     objs = render(helm)
     assert kinds(objs) == sorted([
         "ClusterKopfPeering", "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
-        "Deployment", "FrictionPolicy", "PodDisruptionBudget", "Role", "RoleBinding", "Secret", "Service",
-        "Service", "ServiceAccount",
+        "Deployment", "Deployment", "FrictionPolicy", "PodDisruptionBudget", "PodDisruptionBudget", "Role",
+        "RoleBinding", "Secret", "Service", "Service", "ServiceAccount",
     ])
     cluster_scoped = {"ClusterKopfPeering", "ClusterRole", "ClusterRoleBinding", "FrictionPolicy"}
     for o in objs:
@@ -96,7 +99,8 @@ def test_template_renders_every_object_with_defaults(helm: Path) -> None:
         assert o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "controlled-friction"
     # The names the design contract and the docs use, with the documented release/namespace.
     assert one(objs, "ServiceAccount")["metadata"]["name"] == names.OPERATOR_SERVICE_ACCOUNT
-    assert one(objs, "Deployment")["metadata"]["name"] == "controlled-friction"
+    assert sorted(o["metadata"]["name"] for o in objs if o["kind"] == "Deployment") == [
+        CONTROLLER, WEBHOOKS]
 
 
 def test_chart_crds_are_the_generated_ones_plus_kopf_peering() -> None:
@@ -138,32 +142,38 @@ def test_policy_without_any_selector_fails_with_a_message(helm: Path) -> None:
     assert proc.returncode != 0 and "a policy must select something" in proc.stderr
 
 
-# ---------------------------------------------------------------- the operator Deployment
+# ---------------------------------------------------------------- the Deployments
 
 
-def _container(objs: list[Obj]) -> Obj:
-    (container,) = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
+def _pod(deploy: Obj) -> Obj:
+    return dict(deploy["spec"]["template"]["spec"])
+
+
+def _container(objs: list[Obj], name: str = CONTROLLER) -> Obj:
+    (container,) = _pod(one(objs, "Deployment", name))["containers"]
     return container
 
 
-def test_operator_deployment_runs_peered_hardened_and_probed(helm: Path) -> None:
-    objs = render(helm)
-    deploy = one(objs, "Deployment")
-    pod = deploy["spec"]["template"]["spec"]
-    c = _container(objs)
-    assert deploy["spec"]["replicas"] == 2
+def _pod_labels(deploy: Obj) -> Obj:
+    return dict(deploy["spec"]["template"]["metadata"]["labels"])
+
+
+def _selects(selector: Obj, deploy: Obj) -> bool:
+    return bool(selector.items() <= _pod_labels(deploy).items())
+
+
+def _assert_hardened_and_probed(deploy: Obj) -> None:
+    """What every Deployment of the operator image promises, whatever its component."""
+    pod = _pod(deploy)
+    (c,) = pod["containers"]
     assert pod["serviceAccountName"] == names.OPERATOR_SERVICE_ACCOUNT
-    assert c["args"][:5] == [
-        "--peering=controlled-friction", "--webhook-mode=service", "--webhook-port=9443",
-        "--metrics-port=8080", "--health-port=8081",
-    ]
     env = {e["name"]: e for e in c["env"]}
     assert env[names.ENV_PROMETHEUS_URL]["value"].startswith("http://")
     assert env["CF_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert env["POD_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["CF_WEBHOOK_SERVICE"]["value"] == "controlled-friction-webhook"
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"webhook": 9443, "metrics": 8080, "health": 8081}
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -173,45 +183,150 @@ def test_operator_deployment_runs_peered_hardened_and_probed(helm: Path) -> None
     mounts = {m["name"]: m for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert mounts["tmp"]["mountPath"] == "/tmp" and "emptyDir" in volumes["tmp"]
+    # The pod's own component in its selector, so the replicas of each spread over the nodes.
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+
+
+def _assert_serves_webhooks(c: Obj, pod: Obj) -> None:
+    env = {e["name"]: e for e in c["env"]}
+    assert "--webhook-mode=service" in c["args"]
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"webhook": 9443, "metrics": 8080, "health": 8081}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
     assert mounts["webhook-tls"]["readOnly"] is True
     assert env["CF_CERT_DIR"]["value"] == mounts["webhook-tls"]["mountPath"]
     assert volumes["webhook-tls"]["secret"]["secretName"] == "controlled-friction-webhook-tls"
+    # It ties the webhook configurations to the peering object, so `helm uninstall` removes them.
+    assert env["CF_WEBHOOK_OWNER_PEERING"]["value"] == "controlled-friction"
+
+
+def test_operator_deployment_runs_peered_hardened_and_probed(helm: Path) -> None:
+    """By default the operator Deployment only reconciles: peered, no webhook server, no certificate."""
+    objs = render(helm)
+    deploy = one(objs, "Deployment", CONTROLLER)
+    c = _container(objs)
+    assert deploy["spec"]["replicas"] == 2
+    assert deploy["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "operator"
+    assert c["args"][:6] == [
+        "--component=controller", "--peering=controlled-friction", "--webhook-mode=none", "--webhook-port=9443",
+        "--metrics-port=8080", "--health-port=8081",
+    ]
+    _assert_hardened_and_probed(deploy)
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {"metrics": 8080, "health": 8081}
+    assert "webhook-tls" not in {m["name"] for m in c["volumeMounts"]}
+    assert "webhook-tls" not in {v["name"] for v in _pod(deploy)["volumes"]}
+    assert "CF_WEBHOOK_OWNER_PEERING" not in {e["name"] for e in c["env"]}
+
+
+def test_webhooks_deployment_serves_admission_hardened_and_probed(helm: Path) -> None:
+    objs = render(helm)
+    deploy = one(objs, "Deployment", WEBHOOKS)
+    c = _container(objs, WEBHOOKS)
+    assert deploy["spec"]["replicas"] == 2
+    assert deploy["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "webhooks"
+    # --peering is passed, but `--component webhooks` runs standalone: every replica serves, none is a peer.
+    assert c["args"][:3] == ["--component=webhooks", "--peering=controlled-friction", "--webhook-mode=service"]
+    _assert_hardened_and_probed(deploy)
+    _assert_serves_webhooks(c, _pod(deploy))
+    # Upgrades never leave admission without a server.
+    assert deploy["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_default_layout_has_a_controller_and_a_webhooks_deployment(helm: Path) -> None:
+    """The default: two Deployments, the webhook Service in front of the webhooks pods only, and a
+    PodDisruptionBudget for each, selecting its own Deployment's pods and not the other's."""
+    objs = render(helm)
+    controller = one(objs, "Deployment", CONTROLLER)
+    hooks = one(objs, "Deployment", WEBHOOKS)
+    assert sorted(o["metadata"]["name"] for o in objs if o["kind"] == "Deployment") == [CONTROLLER, WEBHOOKS]
+    c_args = _container(objs)["args"]
+    assert "--component=controller" in c_args and "--webhook-mode=none" in c_args
+    assert "--component=webhooks" in _container(objs, WEBHOOKS)["args"]
+    assert hooks["spec"]["selector"] != controller["spec"]["selector"]
+    for deploy in (controller, hooks):  # each Deployment's selector picks its own pods only
+        assert _selects(deploy["spec"]["selector"]["matchLabels"], deploy)
+    assert not _selects(controller["spec"]["selector"]["matchLabels"], hooks)
+    assert not _selects(hooks["spec"]["selector"]["matchLabels"], controller)
+
+    svc = one(objs, "Service", "controlled-friction-webhook")
+    assert _selects(svc["spec"]["selector"], hooks)
+    assert not _selects(svc["spec"]["selector"], controller)
+
+    pdbs = {o["metadata"]["name"]: o for o in objs if o["kind"] == "PodDisruptionBudget"}
+    assert sorted(pdbs) == [CONTROLLER, WEBHOOKS]
+    for name, own, other in ((CONTROLLER, controller, hooks), (WEBHOOKS, hooks, controller)):
+        selector = pdbs[name]["spec"]["selector"]["matchLabels"]
+        assert selector == own["spec"]["selector"]["matchLabels"], name
+        assert _selects(selector, own) and not _selects(selector, other), name
+        assert pdbs[name]["spec"]["minAvailable"] == 1
+
+
+def test_without_a_separate_deployment_one_deployment_serves_the_webhooks(helm: Path) -> None:
+    """webhook.separateDeployment.enabled=false: every operator replica serves admission, one reconciles."""
+    objs = render(helm, SINGLE)
+    deploy = one(objs, "Deployment")
+    assert deploy["metadata"]["name"] == CONTROLLER and deploy["spec"]["replicas"] == 2
+    c = _container(objs)
+    # `--component all` (the default): reconcile and serve admission in one process.
+    assert c["args"][:5] == [
+        "--peering=controlled-friction", "--webhook-mode=service", "--webhook-port=9443",
+        "--metrics-port=8080", "--health-port=8081",
+    ]
+    assert not [a for a in c["args"] if a.startswith("--component")]
+    _assert_hardened_and_probed(deploy)
+    _assert_serves_webhooks(c, _pod(deploy))
+    svc = one(objs, "Service", "controlled-friction-webhook")
+    assert _selects(svc["spec"]["selector"], deploy)
+    pdb = one(objs, "PodDisruptionBudget")
+    assert pdb["metadata"]["name"] == CONTROLLER
+    assert pdb["spec"]["selector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
 
 
 def test_single_replica_without_webhook_or_peering(helm: Path) -> None:
     objs = render(helm, "replicaCount=1", "webhook.enabled=false", "operator.peering.enabled=false")
+    # No webhooks Deployment either, although webhook.separateDeployment.enabled is on by default.
+    assert one(objs, "Deployment")["metadata"]["name"] == CONTROLLER
     c = _container(objs)
     assert "--webhook-mode=none" in c["args"] and not any(a.startswith("--peering") for a in c["args"])
     assert "webhook-tls" not in {m["name"] for m in c["volumeMounts"]}
+    assert "webhook" not in {p["name"] for p in c["ports"]}
     assert "PodDisruptionBudget" not in kinds(objs)  # minAvailable 1 of 1 would block every drain
     assert "ClusterKopfPeering" not in kinds(objs) and "Secret" not in kinds(objs)
+    assert [o["metadata"]["name"] for o in objs if o["kind"] == "Service"] == ["controlled-friction-metrics"]
 
 
 def test_pdb_keeps_one_operator(helm: Path) -> None:
-    pdb = one(render(helm), "PodDisruptionBudget")
+    objs = render(helm)
+    pdb = one(objs, "PodDisruptionBudget", CONTROLLER)
     assert pdb["spec"]["minAvailable"] == 1
-    deploy = one(render(helm), "Deployment")
+    deploy = one(objs, "Deployment", CONTROLLER)
     assert pdb["spec"]["selector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
 
 
-def test_admission_can_run_as_a_deployment_of_its_own(helm: Path) -> None:
-    objs = render(helm, "webhook.separateDeployment.enabled=true", "webhook.separateDeployment.replicas=3")
-    controller = one(objs, "Deployment", "controlled-friction")
-    hooks = one(objs, "Deployment", "controlled-friction-webhooks")
-    c_args = controller["spec"]["template"]["spec"]["containers"][0]["args"]
-    h = hooks["spec"]["template"]["spec"]["containers"][0]
-    assert "--component=controller" in c_args and "--webhook-mode=none" in c_args
-    assert "--component=webhooks" in h["args"] and "--webhook-mode=service" in h["args"]
-    assert hooks["spec"]["replicas"] == 3 and controller["spec"]["replicas"] == 2
-    # Only the webhook pods carry the certificate, own the webhook configurations and sit behind the Service.
-    assert "webhook-tls" in {m["name"] for m in h["volumeMounts"]}
-    assert "webhook-tls" not in {m["name"] for m in controller["spec"]["template"]["spec"]["containers"][0]
-                                 ["volumeMounts"]}
-    assert "CF_WEBHOOK_OWNER_PEERING" in {e["name"] for e in h["env"]}
-    svc = one(objs, "Service", "controlled-friction-webhook")
-    assert svc["spec"]["selector"].items() <= hooks["spec"]["template"]["metadata"]["labels"].items()
-    assert not svc["spec"]["selector"].items() <= controller["spec"]["template"]["metadata"]["labels"].items()
-    assert hooks["spec"]["selector"] != controller["spec"]["selector"]
+def test_pdb_keeps_one_webhook_pod(helm: Path) -> None:
+    """The webhooks fail closed: a drain taking every webhook pod would refuse every Rollout write."""
+    objs = render(helm)
+    pdb = one(objs, "PodDisruptionBudget", WEBHOOKS)
+    assert pdb["spec"]["minAvailable"] == 1
+    deploy = one(objs, "Deployment", WEBHOOKS)
+    assert pdb["spec"]["selector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "webhooks"
+    # Each budget follows its own Deployment's replicas: none for a single replica.
+    objs = render(helm, "webhook.separateDeployment.replicas=1")
+    assert one(objs, "PodDisruptionBudget")["metadata"]["name"] == CONTROLLER
+    objs = render(helm, "replicaCount=1")
+    assert one(objs, "PodDisruptionBudget")["metadata"]["name"] == WEBHOOKS
+    assert "PodDisruptionBudget" not in kinds(render(helm, "podDisruptionBudget.enabled=false"))
+
+
+def test_webhooks_deployment_scales_on_its_own(helm: Path) -> None:
+    objs = render(helm, "webhook.separateDeployment.replicas=3")
+    assert one(objs, "Deployment", WEBHOOKS)["spec"]["replicas"] == 3
+    assert one(objs, "Deployment", CONTROLLER)["spec"]["replicas"] == 2
+    objs = render(helm, "replicaCount=3")
+    assert one(objs, "Deployment", WEBHOOKS)["spec"]["replicas"] == 2
+    assert one(objs, "Deployment", CONTROLLER)["spec"]["replicas"] == 3
 
 
 # ---------------------------------------------------------------- webhook Service and certificates
@@ -221,8 +336,9 @@ def test_webhook_service_routes_443_to_the_webhook_port(helm: Path) -> None:
     objs = render(helm)
     svc = one(objs, "Service", "controlled-friction-webhook")
     assert svc["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "webhook", "protocol": "TCP"}]
-    labels = one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    assert svc["spec"]["selector"].items() <= labels.items()
+    # Port "webhook" exists on the pods the Service selects, the webhooks Deployment's (by default).
+    assert _selects(svc["spec"]["selector"], one(objs, "Deployment", WEBHOOKS))
+    assert "webhook" in {p["name"] for p in _container(objs, WEBHOOKS)["ports"]}
 
 
 def test_helm_generated_certificate_is_used_as_is_by_the_operator(helm: Path, tmp_path: Path) -> None:
@@ -242,7 +358,9 @@ def test_helm_generated_certificate_is_used_as_is_by_the_operator(helm: Path, tm
 def test_existing_secret_and_cert_manager_modes(helm: Path) -> None:
     objs = render(helm, "webhook.existingSecret=my-tls")
     assert "Secret" not in kinds(objs)
-    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    pod = _pod(one(objs, "Deployment", WEBHOOKS))
+    assert {v["name"]: v for v in pod["volumes"]}["webhook-tls"]["secret"]["secretName"] == "my-tls"
+    pod = _pod(one(render(helm, "webhook.existingSecret=my-tls", SINGLE), "Deployment"))
     assert {v["name"]: v for v in pod["volumes"]}["webhook-tls"]["secret"]["secretName"] == "my-tls"
 
     objs = render(helm, "certManager.enabled=true")

@@ -120,29 +120,41 @@ def test_install_creates_every_object(helm: Any, release: dict[str, str]) -> Non
 
 
 def test_operator_pods_become_ready(kube: client.ApiClient, release: dict[str, str]) -> None:
+    """The chart's default layout: the operator Deployment (reconciles) and the webhooks Deployment
+    (admission only), 2 replicas each; the webhook Service has exactly the webhooks pods behind it."""
     apps = client.AppsV1Api(kube)
+    core = client.CoreV1Api(kube)
+    webhooks = f"{release['fullname']}-webhooks"
 
-    def ready() -> bool:
-        dep = apps.read_namespaced_deployment(release["fullname"], release["namespace"])
+    def ready(name: str) -> bool:
+        dep = apps.read_namespaced_deployment(name, release["namespace"])
         return dep.status is not None and dep.status.ready_replicas == 2
 
-    wait_for(ready, timeout=120, message="both operator replicas Ready")
-    pods = client.CoreV1Api(kube).list_namespaced_pod(
+    wait_for(lambda: ready(release["fullname"]), timeout=120, message="both operator replicas Ready")
+    wait_for(lambda: ready(webhooks), timeout=120, message="both webhooks replicas Ready")
+    pods = {component: core.list_namespaced_pod(
+        release["namespace"], label_selector=f"app.kubernetes.io/instance={release['name']},"
+                                             f"app.kubernetes.io/component={component}").items
+        for component in ("operator", "webhooks")}
+    assert len(pods["operator"]) == 2 and len(pods["webhooks"]) == 2
+    everyone = core.list_namespaced_pod(
         release["namespace"], label_selector=f"app.kubernetes.io/instance={release['name']}").items
-    assert len(pods) == 2
-    for pod in pods:
+    assert len(everyone) == 4
+    for pod in pods["operator"] + pods["webhooks"]:
         assert pod.spec is not None and pod.spec.service_account_name == release["fullname"]
         assert pod.spec.security_context is not None and pod.spec.security_context.run_as_non_root is True
-    # The webhook Service has both replicas behind it.
-    endpoints = wait_for(
-        lambda: _endpoint_count(kube, release) == 2, timeout=60, message="webhook Service endpoints")
-    assert endpoints
+    # The webhook Service has both webhooks replicas behind it, and no operator pod.
+    webhook_pods = {p.metadata.name for p in pods["webhooks"] if p.metadata is not None}
+    wait_for(lambda: len(_endpoint_pods(kube, release)) == 2, timeout=60, message="webhook Service endpoints")
+    assert _endpoint_pods(kube, release) == webhook_pods
 
 
-def _endpoint_count(kube: client.ApiClient, release: dict[str, str]) -> int:
+def _endpoint_pods(kube: client.ApiClient, release: dict[str, str]) -> set[str]:
+    """Names of the ready pods behind the webhook Service (its EndpointSlices' targetRefs)."""
     slices = client.DiscoveryV1Api(kube).list_namespaced_endpoint_slice(
         release["namespace"], label_selector=f"kubernetes.io/service-name={release['fullname']}-webhook").items
-    return sum(1 for s in slices for e in (s.endpoints or []) if e.conditions and e.conditions.ready)
+    return {e.target_ref.name if e.target_ref is not None else "" for s in slices for e in (s.endpoints or [])
+            if e.conditions and e.conditions.ready}
 
 
 def _can(release: dict[str, str], verb: str, resource: str, namespace: str | None = None,

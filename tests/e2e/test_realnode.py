@@ -2,10 +2,11 @@
 
 A sandbox of its own (port base + 100, its own state directory) with `up(real_node=True)`: kubelet +
 containerd + runc next to the kwok nodes. Nothing is pulled: the operator image is built from the
-Dockerfile's description (`sandbox.image`) and imported into containerd. The operator pods run on
-the real node (read-only root filesystem, uid 65532, probes, mounted webhook certificate,
-ServiceAccount token); the Rollouts' app pods stay on kwok nodes, where the simulator serves their
-metrics. The module brings its sandbox down at the end (unless CF_SANDBOX_KEEP=1).
+Dockerfile's description (`sandbox.image`) and imported into containerd. The chart's two
+Deployments, the operator's (reconciles) and the webhooks' (admission, behind the webhook Service),
+run their pods on the real node (read-only root filesystem, uid 65532, probes, mounted webhook
+certificate, ServiceAccount token); the Rollouts' app pods stay on kwok nodes, where the simulator
+serves their metrics. The module brings its sandbox down at the end (unless CF_SANDBOX_KEEP=1).
 """
 
 from __future__ import annotations
@@ -201,9 +202,32 @@ def _values(tmp: Path) -> Path:
     return path
 
 
-def _operator_pods() -> list[dict[str, Any]]:
-    out = kubectl("get", "pods", "-n", NS, "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "json")
+def _pods(component: str | None = None) -> list[dict[str, Any]]:
+    """The release's pods that are not being deleted: all of them, or one component's."""
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    if component:
+        selector += f",app.kubernetes.io/component={component}"
+    out = kubectl("get", "pods", "-n", NS, "-l", selector, "-o", "json")
     return [p for p in json.loads(out.stdout)["items"] if not p["metadata"].get("deletionTimestamp")]
+
+
+def _operator_pods() -> list[dict[str, Any]]:
+    """The operator Deployment's pods (they reconcile; one acts under kopf peering)."""
+    return _pods("operator")
+
+
+def _webhook_pods() -> list[dict[str, Any]]:
+    """The webhooks Deployment's pods (the chart's default: admission in a Deployment of its own).
+    They run `--component webhooks` standalone, so they never join the peering."""
+    return _pods("webhooks")
+
+
+def _service_endpoints() -> set[str]:
+    """Names of the ready pods behind the webhook Service, from its EndpointSlices."""
+    out = kubectl("get", "endpointslices", "-n", NS, "-l", f"kubernetes.io/service-name={RELEASE}-webhook",
+                  "-o", "json")
+    return {e.get("targetRef", {}).get("name", "") for s in json.loads(out.stdout)["items"]
+            for e in s.get("endpoints") or [] if (e.get("conditions") or {}).get("ready")}
 
 
 def _ready(pod: dict[str, Any]) -> bool:
@@ -261,10 +285,30 @@ def test_operator_pods_run_the_image_on_the_real_node(release: str) -> None:
              message="both pods in the peering")
 
 
+def test_webhook_pods_run_the_image_on_the_real_node(release: str) -> None:
+    wait_for(lambda: len([p for p in _webhook_pods() if _ready(p)]) == 2, 180, message="2 webhook pods Ready")
+    pods = _webhook_pods()
+    for pod in pods:
+        assert pod["spec"]["nodeName"] == realnode.NODE_NAME
+        assert pod["spec"]["serviceAccountName"] == RELEASE
+        (status,) = pod["status"]["containerStatuses"]
+        assert status["ready"] and status["started"] and "running" in status["state"], status
+        assert status["restartCount"] == 0, status
+        # `--component webhooks` serves the operator's metrics too (the admission histogram among them).
+        assert "controlled_friction_admission_duration_seconds" in _metrics(pod)
+    # Standalone: they serve admission but never join the peering, so they can never reconcile.
+    webhook_names = {p["metadata"]["name"] for p in pods}
+    assert not set(_peers()) & webhook_names, _peers()
+
+
 def test_webhooks_are_called_through_the_service(release: str) -> None:
     wcfg = _get("mutatingwebhookconfigurations", names.GROUP)
     services = {w["clientConfig"].get("service", {}).get("name") for w in wcfg["webhooks"]}
     assert services == {f"{RELEASE}-webhook"}
+    # Behind the Service: the two webhooks pods, and no operator pod.
+    wait_for(lambda: len([p for p in _webhook_pods() if _ready(p)]) == 2, 180, message="2 webhook pods Ready")
+    hooks = {p["metadata"]["name"] for p in _webhook_pods()}
+    wait_for(lambda: _service_endpoints() == hooks, 60, message="the webhook Service's endpoints are the webhooks pods")
     ns = _namespace("hook")
     obj = rollout(ns, "shop/app:1", rollouts.canary_steps(50, "1s"))
     apply_as("dave", obj)
@@ -329,8 +373,8 @@ def test_killing_the_active_operator_pod_hands_over_to_the_other(release: str) -
 
 def test_helm_uninstall_leaves_nothing_stuck(helm: Any, release: str) -> None:
     helm("uninstall", RELEASE, "--namespace", NS, "--wait", "--timeout", "120s")
-    wait_for(lambda: not _operator_pods() and not json.loads(kubectl(
-        "get", "pods", "-n", NS, "-o", "json").stdout)["items"], 120, message="operator pods gone")
+    wait_for(lambda: not _pods() and not json.loads(kubectl(
+        "get", "pods", "-n", NS, "-o", "json").stdout)["items"], 120, message="operator and webhook pods gone")
     left = kubectl("get", "all,secrets,serviceaccounts,roles,rolebindings", "-n", NS,
                    "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name").stdout.split()
     assert left == []
