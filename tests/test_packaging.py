@@ -90,7 +90,7 @@ def test_template_renders_every_object_with_defaults(helm: Path) -> None:
     assert kinds(objs) == sorted([
         "ClusterKopfPeering", "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRole", "ClusterRoleBinding",
         "Deployment", "Deployment", "FrictionPolicy", "PodDisruptionBudget", "PodDisruptionBudget", "Role",
-        "RoleBinding", "Secret", "Service", "Service", "ServiceAccount",
+        "RoleBinding", "Secret", "Service", "Service", "Service", "ServiceAccount",
     ])
     cluster_scoped = {"ClusterKopfPeering", "ClusterRole", "ClusterRoleBinding", "FrictionPolicy"}
     for o in objs:
@@ -260,6 +260,14 @@ def test_default_layout_has_a_controller_and_a_webhooks_deployment(helm: Path) -
         assert selector == own["spec"]["selector"]["matchLabels"], name
         assert _selects(selector, own) and not _selects(selector, other), name
         assert pdbs[name]["spec"]["minAvailable"] == 1
+
+    # Both components' /metrics are reachable through Services the ServiceMonitor selects.
+    metrics = sorted((o for o in objs if o["kind"] == "Service"
+                      and o["metadata"]["labels"].get("app.kubernetes.io/component") == "metrics"),
+                     key=lambda o: o["metadata"]["name"])
+    assert sorted(o["metadata"]["name"] for o in metrics) == [f"{CONTROLLER}-metrics", f"{WEBHOOKS}-metrics"]
+    for svc_, own, other in ((metrics[0], controller, hooks), (metrics[1], hooks, controller)):
+        assert _selects(svc_["spec"]["selector"], own) and not _selects(svc_["spec"]["selector"], other)
 
 
 def test_without_a_separate_deployment_one_deployment_serves_the_webhooks(helm: Path) -> None:
