@@ -76,3 +76,18 @@ def test_analysis_looks_are_routine_and_a_bake_end_is_a_deadline():
     b.tick()
     d = b.tick()
     assert d.next_look == d.status.step_started_at + timedelta(seconds=30) and not d.next_look_routine
+
+
+def test_a_bake_held_for_analysis_makes_its_next_look_a_deadline():
+    """Its time is up and only a look can move it on: under load that look must not wait behind
+    routine looks of rollouts that are not waiting for anything."""
+    from tests.planner_world import verdicts
+
+    w = deployed([{"setWeight": 20}, {"pause": {"duration": "10s"}}, {"setWeight": 50}], metrics=[ERRORS],
+                 interval="10s")
+    w.tick()
+    w.tick()  # the bake starts
+    d = w.tick(verdicts("inconclusive", "errors"), advance=11)
+    assert "bake done, holding" in d.status.message, d.status.message
+    assert d.next_look is not None and d.next_look.timestamp() % 10 == 0
+    assert not d.next_look_routine

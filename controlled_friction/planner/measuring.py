@@ -280,6 +280,14 @@ class Analysis(Base):
             interval = analysis_interval(self.spec, plan)
             self.wake_at(next_analysis_at(self.st.analysis.last_run_at, interval, self.now), routine=True)
 
+    def hold_for_analysis(self) -> None:
+        """A step whose time is up waits only for the next look: that look is a deadline, not routine,
+        so under load it is not queued behind routine looks of rollouts that are not waiting."""
+        plan = self.st.effective_plan
+        if plan is not None and _analysing(self.st):
+            self.wake_at(next_analysis_at(self.st.analysis.last_run_at, analysis_interval(self.spec, plan),
+                                          self.now))
+
     def fold_watch(self) -> str | None:
         """Judge the promoted revision during its post-promotion watch; why it failed, or None."""
         w, plan = self.st.watch, self.st.effective_plan

@@ -98,6 +98,7 @@ class Steps(Gate, Analysis, Traffic):
                     return
                 ok, why = self.analysis_ok()
                 if not ok:
+                    self.hold_for_analysis()
                     self.set_phase("Progressing", f"{where}: bake done, holding: {why}")
                     return
             elif step.kind == "approval":
@@ -119,6 +120,8 @@ class Steps(Gate, Analysis, Traffic):
                 ok, why = self.analysis_ok(step.metrics, in_step=True)
                 if left > 0 or not ok:
                     self.wake_at(end)
+                    if left <= 0:
+                        self.hold_for_analysis()
                     text = f"until {until(end)}" if left > 0 else f"holding: {why}"
                     self.set_phase("Progressing", f"{where}: analysing at {st.canary_weight}%, {text}")
                     return
