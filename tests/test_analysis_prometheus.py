@@ -230,7 +230,9 @@ def test_healthy_canary_passes(world: World) -> None:
     assert {k: v.verdict for k, v in m.items()} == {"errors": "pass", "orders": "pass", "canary-rps": "pass"}
     assert m["errors"].value == pytest.approx(0.0, abs=1e-9)  # no 5xx series at all: 0%, not "no data"
     assert "stable 0.4%" in m["errors"].message
-    assert m["orders"].value == pytest.approx(0.0, abs=0.02)
+    # A few percent either way: requests and orders are separate counters, and a scrape between the
+    # exporter's two increments (a loaded machine) skews one look; the failing scenario is at 99%.
+    assert m["orders"].value == pytest.approx(0.0, abs=0.05)
     assert "before the rollout" in m["orders"].message  # the `@` baseline query returned data
     assert m["canary-rps"].value == pytest.approx(2.0, rel=0.2)
 

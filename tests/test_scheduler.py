@@ -137,11 +137,14 @@ def test_a_wake_up_interrupts_a_long_wait():
         await asyncio.sleep(0.2)
         start = asyncio.get_running_loop().time()
         s.wake(("ns", "now"))
-        await asyncio.sleep(0.5)
+        for _ in range(50):  # well under the 50 s it would otherwise sleep, even on a loaded machine
+            if seen:
+                break
+            await asyncio.sleep(0.1)
         task.cancel()
         return seen[0] - start if seen else 99.0
 
-    assert run(main()) < 0.5
+    assert run(main()) < 5
 
 
 def test_a_key_done_early_runs_again_without_waiting_for_its_batch():
