@@ -304,21 +304,22 @@ def test_single_replica_without_webhook_or_peering(helm: Path) -> None:
     assert [o["metadata"]["name"] for o in objs if o["kind"] == "Service"] == ["controlled-friction-metrics"]
 
 
-def test_pdb_keeps_one_operator(helm: Path) -> None:
-    objs = render(helm)
-    pdb = one(objs, "PodDisruptionBudget", CONTROLLER)
+def _budget_keeps_one_of(objs: list[Obj], name: str) -> Obj:
+    """The PodDisruptionBudget `name` keeps one pod of the Deployment `name`, and selects exactly its pods."""
+    pdb = one(objs, "PodDisruptionBudget", name)
     assert pdb["spec"]["minAvailable"] == 1
-    deploy = one(objs, "Deployment", CONTROLLER)
-    assert pdb["spec"]["selector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+    assert pdb["spec"]["selector"]["matchLabels"] == one(objs, "Deployment", name)["spec"]["selector"]["matchLabels"]
+    return pdb
+
+
+def test_pdb_keeps_one_operator(helm: Path) -> None:
+    _budget_keeps_one_of(render(helm), CONTROLLER)
 
 
 def test_pdb_keeps_one_webhook_pod(helm: Path) -> None:
     """The webhooks fail closed: a drain taking every webhook pod would refuse every Rollout write."""
     objs = render(helm)
-    pdb = one(objs, "PodDisruptionBudget", WEBHOOKS)
-    assert pdb["spec"]["minAvailable"] == 1
-    deploy = one(objs, "Deployment", WEBHOOKS)
-    assert pdb["spec"]["selector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+    pdb = _budget_keeps_one_of(objs, WEBHOOKS)
     assert pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] == "webhooks"
     # Each budget follows its own Deployment's replicas: none for a single replica.
     objs = render(helm, "webhook.separateDeployment.replicas=1")
